@@ -1,0 +1,86 @@
+"""Datalists for the neurite-oasis layout (real data or the embedded demo set), with clear errors."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+
+__all__ = ["LABEL_KEYS", "load_datalist", "image_datalist"]
+
+# splits-file entry key of the label map for each supported number of classes (background included)
+LABEL_KEYS = {5: "seg4", 25: "seg24"}
+
+
+def _read_splits(splits_file: str) -> dict:
+    if not os.path.isfile(splits_file):
+        raise FileNotFoundError(f"splits file not found: {splits_file}")
+    try:
+        with open(splits_file) as f:
+            splits = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{splits_file}: not valid JSON ({e}).") from e
+    if not isinstance(splits, dict):
+        raise ValueError(f"{splits_file}: expected a JSON object mapping split names to lists of entries.")
+    return splits
+
+
+def load_datalist(
+    dataset_dir: str,
+    splits_file: str,
+    split: str,
+    num_classes: int = 5,
+    image_key: str = "img",
+    limit: int | None = None,
+    with_labels: bool = True,
+) -> list[dict[str, str]]:
+    """``[{"image": path, "label": path}, ...]`` for one split of a neurite-oasis style dataset.
+
+    Args:
+        dataset_dir: dataset root; split entries are relative to it.
+        splits_file: JSON ``{"train": [{"img": ..., "seg4": ..., "seg24": ...}, ...], "val": [...], "test": [...]}``.
+        split: which split to read.
+        num_classes: 5 reads ``seg4`` labels, 25 reads ``seg24``.
+        image_key: entry key of the image path.
+        limit: keep only the first ``limit`` entries (``None``: all).
+        with_labels: ``False`` lists images only (``[{"image": path}, ...]``), for inference.
+
+    Raises:
+        FileNotFoundError: ``dataset_dir``, the splits file, or any listed image or label file is missing.
+        ValueError: malformed splits file, unknown split, or unsupported ``num_classes``.
+    """
+    if not os.path.isdir(dataset_dir):
+        raise FileNotFoundError(f"dataset_dir does not exist or is not a directory: {dataset_dir}")
+    if num_classes not in LABEL_KEYS:
+        raise ValueError(f"num_classes must be one of {sorted(LABEL_KEYS)} for neurite-oasis labels, got {num_classes}.")
+    splits = _read_splits(splits_file)
+    if split not in splits:
+        raise ValueError(f"{splits_file}: no split named '{split}' (available: {sorted(splits)}).")
+    label_key = LABEL_KEYS[num_classes] if with_labels else None
+    entries = splits[split][:limit] if limit is not None else splits[split]
+    if not entries:
+        raise ValueError(f"{splits_file}: split '{split}' is empty.")
+    datalist = []
+    for i, entry in enumerate(entries):
+        keys = {"image": image_key, "label": label_key} if label_key else {"image": image_key}
+        for key in keys.values():
+            if key not in entry:
+                raise ValueError(f"{splits_file}: entry {i} of split '{split}' has no '{key}' path.")
+        item = {kind: os.path.join(dataset_dir, entry[key]) for kind, key in keys.items()}
+        for kind, path in item.items():
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"{kind} file listed in {splits_file} (split '{split}') not found: {path}")
+        datalist.append(item)
+    return datalist
+
+
+def image_datalist(paths: Sequence[str]) -> list[dict[str, str]]:
+    """``[{"image": path}, ...]`` for inference on arbitrary images, checking that every file exists."""
+    if isinstance(paths, str):
+        paths = [paths]
+    if not paths:
+        raise ValueError("the inference datalist is empty: give at least one image path.")
+    for path in paths:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"input image not found: {path}")
+    return [{"image": os.path.abspath(p)} for p in paths]

@@ -1,0 +1,76 @@
+"""Functional fitting shared by meta-training (differentiable inner loop) and the test-time fit (inferer)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+__all__ = ["coordinate_grid", "flatten_image", "unflatten_points", "batch_params", "adam_fit"]
+
+
+def coordinate_grid(spatial_shape: Sequence[int], device: torch.device | str | None = None) -> torch.Tensor:
+    """Pixel/voxel centres of a grid of ``spatial_shape`` as ``[N, D]`` coordinates in ``[-1, 1]`` (``ij`` order)."""
+    axes = [torch.linspace(-1.0, 1.0, int(s), device=device) for s in spatial_shape]
+    return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, len(spatial_shape))
+
+
+def flatten_image(image: torch.Tensor) -> torch.Tensor:
+    """``[B, C, *spatial]`` -> ``[B, N, C]`` with points in the order of :func:`coordinate_grid`."""
+    return image.reshape(image.shape[0], image.shape[1], -1).transpose(1, 2)
+
+
+def unflatten_points(points: torch.Tensor, spatial_shape: Sequence[int]) -> torch.Tensor:
+    """``[B, N, C]`` -> ``[B, C, *spatial]``, the inverse of :func:`flatten_image`."""
+    return points.transpose(1, 2).reshape(points.shape[0], points.shape[2], *spatial_shape)
+
+
+def batch_params(params: dict[str, torch.Tensor], batch_size: int, detach: bool) -> dict[str, torch.Tensor]:
+    """One copy of every parameter per sample: ``[*shape]`` -> ``[batch_size, *shape]``.
+
+    With ``detach=False`` the copies stay differentiable views of ``params`` (meta-training); with ``detach=True``
+    they are fresh leaf tensors that never touch the originals (test-time fit).
+    """
+    out = {}
+    for name, p in params.items():
+        q = p.unsqueeze(0).expand(batch_size, *p.shape)
+        out[name] = q.detach().clone().requires_grad_(True) if detach else q
+    return out
+
+
+def adam_fit(
+    loss_fn: Callable[[dict[str, torch.Tensor]], torch.Tensor],
+    params: dict[str, torch.Tensor],
+    trainable: Sequence[str],
+    steps: int,
+    lr: float,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    create_graph: bool = False,
+) -> dict[str, torch.Tensor]:
+    """Run ``steps`` Adam steps on ``loss_fn(params)`` w.r.t. the ``trainable`` entries; return the updated params.
+
+    The update is written functionally, so with ``create_graph=True`` the result stays differentiable w.r.t. the
+    starting parameters (second-order MAML); with ``create_graph=False`` every step detaches (test-time fit).
+    Adam's moments are elementwise, so parameters with a leading batch dimension fit every sample independently
+    as long as ``loss_fn`` sums (or averages) per-sample losses. The denominator is ``sqrt(v_hat + eps^2)``, which
+    equals Adam's ``sqrt(v_hat) + eps`` to within ``eps`` and keeps second derivatives finite where a gradient is 0.
+    """
+    if steps < 0:
+        raise ValueError(f"steps must be >= 0, got {steps}.")
+    params = dict(params)
+    names = list(trainable)
+    m = {k: torch.zeros_like(params[k]) for k in names}
+    v = {k: torch.zeros_like(params[k]) for k in names}
+    beta1, beta2 = betas
+    for t in range(1, steps + 1):
+        loss = loss_fn(params)
+        grads = torch.autograd.grad(loss, [params[k] for k in names], create_graph=create_graph)
+        for k, g in zip(names, grads):
+            m[k] = beta1 * m[k] + (1.0 - beta1) * g
+            v[k] = beta2 * v[k] + (1.0 - beta2) * g * g
+            m_hat = m[k] / (1.0 - beta1**t)
+            v_hat = v[k] / (1.0 - beta2**t)
+            updated = params[k] - lr * m_hat / torch.sqrt(v_hat + eps * eps)
+            params[k] = updated if create_graph else updated.detach().requires_grad_(True)
+    return params

@@ -1,0 +1,101 @@
+"""Head fine-tuning: train the segmentation head on features of images fitted from the meta-learned start."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from monai.engines import SupervisedTrainer
+from monai.engines.utils import IterationEvents
+from monai.utils import CommonKeys as Keys
+
+from .fitting import coordinate_grid, flatten_image
+from .inferer import FitResult, MetaSegInferer
+from .network import HEAD_PREFIX, MetaSegINR
+from .trainer import _gather, sample_points
+
+__all__ = ["HeadFineTuneTrainer"]
+
+
+class HeadFineTuneTrainer(SupervisedTrainer):
+    """Fine-tunes MetaSeg's head on penultimate features of training images fitted exactly as at inference.
+
+    Every image is fitted by ``inferer`` (the same :class:`MetaSegInferer` used for inference) from the current
+    network weights; its features are then decoded by the head and ``loss_function`` (logits ``[B, C, N]``, labels
+    ``[B, 1, N]``) is minimised w.r.t. the head only, so ``optimizer`` must hold only head parameters. The trunk is
+    frozen in this stage, so each image's fit is computed once and cached by file name (``cache_fits=True``).
+    ``num_points`` random pixels per image (``None``: all) enter each loss.
+    """
+
+    def __init__(
+        self,
+        device: str | torch.device,
+        max_epochs: int,
+        train_data_loader: Any,
+        network: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        loss_function: Callable,
+        inferer: MetaSegInferer,
+        num_points: int | None = None,
+        cache_fits: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            device=device,
+            max_epochs=max_epochs,
+            train_data_loader=train_data_loader,
+            network=network,
+            optimizer=optimizer,
+            loss_function=loss_function,
+            inferer=inferer,
+            **kwargs,
+        )
+        if not isinstance(inferer, MetaSegInferer):
+            raise TypeError(f"HeadFineTuneTrainer needs a MetaSegInferer, got {type(inferer).__name__}.")
+        net = getattr(network, "module", network)
+        head_ids = {id(p) for n, p in net.named_parameters() if n.startswith(HEAD_PREFIX)}
+        foreign = [p for g in optimizer.param_groups for p in g["params"] if id(p) not in head_ids]
+        if foreign:
+            raise ValueError("HeadFineTuneTrainer's optimizer must hold only the head's parameters (network.head).")
+        self.num_points = num_points
+        self.cache_fits = cache_fits
+        self._fit_cache: dict[str, dict[str, torch.Tensor]] = {}
+
+    def _fitted_params(self, inputs: torch.Tensor, net: MetaSegINR) -> FitResult:
+        """Fit the batch (or reuse cached fits of the same files) with the inference-time fit."""
+        names = getattr(inputs, "meta", {}).get("filename_or_obj") if self.cache_fits else None
+        if names is None or any(n not in self._fit_cache for n in names):
+            fit = self.inferer.fit(inputs, net)
+            if names is not None:
+                for i, n in enumerate(names):
+                    self._fit_cache[n] = {k: v[i] for k, v in fit.params.items()}
+            return fit
+        params = {k: torch.stack([self._fit_cache[n][k] for n in names]) for k in self._fit_cache[names[0]]}
+        spatial_shape = tuple(int(s) for s in inputs.shape[2:])
+        coords = coordinate_grid(spatial_shape, device=inputs.device).expand(inputs.shape[0], -1, -1)
+        return FitResult(params=params, coords=coords, spatial_shape=spatial_shape)
+
+    def _iteration(self, engine: HeadFineTuneTrainer, batchdata: dict[str, torch.Tensor]) -> dict:  # type: ignore[override]
+        if batchdata is None:
+            raise ValueError("Must provide batch data for current iteration.")
+        inputs, targets = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)[:2]
+        net: MetaSegINR = getattr(engine.network, "module", engine.network)
+        engine.state.output = {Keys.IMAGE: inputs, Keys.LABEL: targets}
+        engine.network.train()
+        engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
+
+        fit = engine._fitted_params(inputs, net)
+        label = flatten_image(torch.as_tensor(targets).long())
+        index = sample_points(fit.coords.shape[1], engine.num_points, inputs.shape[0], inputs.device)
+        with torch.no_grad():
+            _, features, _ = net.functional_forward(_gather(fit.coords, index), fit.params, with_logits=False)
+        logits = net.decode(features)
+        loss = engine.loss_function(logits.transpose(1, 2), _gather(label, index).transpose(1, 2))
+        engine.state.output[Keys.LOSS] = loss.detach()
+        engine.fire_event(IterationEvents.LOSS_COMPLETED)
+        loss.backward()
+        engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+        engine.optimizer.step()
+        engine.fire_event(IterationEvents.MODEL_COMPLETED)
+        return engine.state.output

@@ -1,0 +1,105 @@
+"""Fit-then-decode inferer: the one place where MetaSeg fits an image at test time."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from monai.data import MetaTensor
+from monai.inferers import Inferer
+from monai.utils import convert_to_dst_type
+from torch.nn import functional as F
+
+from .fitting import adam_fit, batch_params, coordinate_grid, flatten_image, unflatten_points
+from .network import TRUNK_PREFIXES, MetaSegINR
+
+__all__ = ["FitResult", "MetaSegInferer"]
+
+
+@dataclass
+class FitResult:
+    """What a test-time fit produces for a batch of ``B`` images of ``spatial_shape``."""
+
+    params: dict[str, torch.Tensor]  # per-image parameters, leading dim B (trunk fitted, head as stored)
+    coords: torch.Tensor  # [N, D]
+    spatial_shape: tuple[int, ...]
+
+
+class MetaSegInferer(Inferer):
+    """Segment images by fitting MetaSeg's trunk to their pixels, then decoding labels with the head.
+
+    Each call starts from the network's stored (meta-learned) weights, copies them per image, fits the trunk with
+    ``fit_steps`` Adam steps of intensity MSE (no labels), and returns the head's class logits ``[B, C, *spatial]``.
+    The network's own parameters are never modified, and gradients are enabled internally so the inferer also works
+    inside ``torch.no_grad()`` (as MONAI evaluators and MONAI Label call it).
+
+    Args:
+        fit_steps: number of Adam steps of the test-time fit.
+        fit_lr: Adam learning rate of the test-time fit.
+        betas: Adam betas.
+    """
+
+    def __init__(self, fit_steps: int = 2, fit_lr: float = 1e-4, betas: tuple[float, float] = (0.9, 0.999)) -> None:
+        super().__init__()
+        if fit_steps < 0:
+            raise ValueError(f"fit_steps must be >= 0, got {fit_steps}.")
+        if fit_lr <= 0:
+            raise ValueError(f"fit_lr must be > 0, got {fit_lr}.")
+        self.fit_steps = int(fit_steps)
+        self.fit_lr = float(fit_lr)
+        self.betas = (float(betas[0]), float(betas[1]))
+
+    @staticmethod
+    def _unwrap(network: torch.nn.Module) -> MetaSegINR:
+        net = getattr(network, "module", network)  # DataParallel / DistributedDataParallel
+        if not isinstance(net, MetaSegINR):
+            raise TypeError(f"MetaSegInferer needs a MetaSegINR network, got {type(net).__name__}.")
+        return net
+
+    def fit(self, inputs: torch.Tensor, network: torch.nn.Module) -> FitResult:
+        """Fit the trunk to ``inputs`` ``[B, 1, *spatial]`` from the network's stored weights (no labels used)."""
+        net = self._unwrap(network)
+        if inputs.dim() != net.spatial_dims + 2:
+            raise ValueError(
+                f"expected a batch of {net.spatial_dims}D images [B, C, *spatial] for this network, "
+                f"got a tensor of shape {tuple(inputs.shape)}."
+            )
+        if inputs.shape[1] != net.out_channels:
+            raise ValueError(f"expected {net.out_channels} image channel(s), got {inputs.shape[1]}.")
+        spatial_shape = tuple(int(s) for s in inputs.shape[2:])
+        target = flatten_image(torch.as_tensor(inputs).float())
+        coords = coordinate_grid(spatial_shape, device=target.device).expand(target.shape[0], -1, -1)
+        with torch.enable_grad():
+            params = batch_params(net.param_dict(), target.shape[0], detach=True)
+            trunk = [k for k in params if k.startswith(TRUNK_PREFIXES)]
+
+            def reconstruction_loss(p: dict[str, torch.Tensor]) -> torch.Tensor:
+                intensity, _, _ = net.functional_forward(coords, p, with_logits=False)
+                return F.mse_loss(intensity, target)
+
+            params = adam_fit(reconstruction_loss, params, trunk, self.fit_steps, self.fit_lr, self.betas)
+        params = {k: v.detach() for k, v in params.items()}
+        return FitResult(params=params, coords=coords, spatial_shape=spatial_shape)
+
+    @torch.no_grad()
+    def decode(self, fit: FitResult, network: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+        """Class logits ``[B, C, *spatial]`` and reconstruction ``[B, 1, *spatial]`` of a fitted batch."""
+        net = self._unwrap(network)
+        intensity, _, logits = net.functional_forward(fit.coords, fit.params)
+        return unflatten_points(logits, fit.spatial_shape), unflatten_points(intensity, fit.spatial_shape)
+
+    def fit_decode(self, inputs: torch.Tensor, network: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fit then decode: ``(logits [B, C, *spatial], reconstruction [B, 1, *spatial])``.
+
+        Outputs carry the input's metadata (affine, applied transforms) when ``inputs`` is a ``MetaTensor``, so MONAI's
+        ``Invertd`` and ``SaveImaged`` can map them back to the original image grid.
+        """
+        logits, recon = self.decode(self.fit(inputs, network), network)
+        if isinstance(inputs, MetaTensor):
+            logits, recon = (convert_to_dst_type(x, inputs, dtype=x.dtype)[0] for x in (logits, recon))
+        return logits, recon
+
+    def __call__(self, inputs: torch.Tensor, network: torch.nn.Module, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """Class logits ``[B, C, *spatial]`` of ``inputs`` ``[B, 1, *spatial]``."""
+        return self.fit_decode(inputs, network)[0]

@@ -1,0 +1,118 @@
+"""MetaSeg implicit network: a SIREN trunk regressing intensity plus a segmentation head on its penultimate features."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+__all__ = ["MetaSegINR", "TRUNK_PREFIXES", "HEAD_PREFIX"]
+
+TRUNK_PREFIXES = ("trunk.", "intensity.")
+HEAD_PREFIX = "head."
+
+
+def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """``x @ weight.T + bias`` for unbatched (``weight`` 2D) or per-sample batched (``weight`` 3D) parameters."""
+    if weight.dim() == 2:
+        return F.linear(x, weight, bias)
+    return torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
+
+
+class MetaSegINR(nn.Module):
+    """Implicit neural representation mapping coordinates to intensity and class logits.
+
+    The trunk is ``num_sine_layers`` sine layers (``sin(omega0 * (W x + b))``, SIREN initialisation) followed by a
+    linear layer regressing intensity. The head is ``Linear(hidden, head) - LeakyReLU - Linear(head, num_classes)``
+    applied to the trunk's penultimate features (the output of the last sine layer).
+
+    ``forward(coords)`` takes coordinates ``[B, N, spatial_dims]`` in ``[-1, 1]`` and returns ``[B, N, 1 + C]``:
+    channel 0 is the intensity, channels ``1..C`` the class logits. :meth:`functional_forward` evaluates the same
+    network with an explicit parameter dictionary whose tensors may carry a leading per-sample batch dimension, which
+    is how the inner loops of meta-training and the test-time fit run many images at once.
+
+    Args:
+        spatial_dims: number of coordinate dimensions (2 or 3).
+        hidden_channels: width of the sine layers.
+        num_sine_layers: number of sine layers in the trunk.
+        omega0: SIREN frequency factor.
+        num_classes: number of segmentation classes, background included.
+        head_channels: width of the head's hidden layer.
+        out_channels: number of regressed intensity channels.
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int = 2,
+        hidden_channels: int = 128,
+        num_sine_layers: int = 5,
+        omega0: float = 30.0,
+        num_classes: int = 5,
+        head_channels: int = 128,
+        out_channels: int = 1,
+    ) -> None:
+        super().__init__()
+        if spatial_dims not in (2, 3):
+            raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}.")
+        if num_sine_layers < 1:
+            raise ValueError(f"num_sine_layers must be >= 1, got {num_sine_layers}.")
+        if num_classes < 2:
+            raise ValueError(f"num_classes must be >= 2, got {num_classes}.")
+        self.spatial_dims = spatial_dims
+        self.omega0 = float(omega0)
+        self.num_classes = num_classes
+        self.out_channels = out_channels
+        widths = [spatial_dims] + [hidden_channels] * num_sine_layers
+        self.trunk = nn.ModuleList(nn.Linear(i, o) for i, o in zip(widths[:-1], widths[1:]))
+        self.intensity = nn.Linear(hidden_channels, out_channels)
+        self.head = nn.Sequential(
+            nn.Linear(hidden_channels, head_channels), nn.LeakyReLU(), nn.Linear(head_channels, num_classes)
+        )
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """SIREN initialisation for the trunk (Sitzmann et al. 2020); PyTorch defaults for the head."""
+        for i, layer in enumerate(self.trunk):
+            fan_in = layer.in_features
+            bound = 1.0 / fan_in if i == 0 else math.sqrt(6.0 / fan_in) / self.omega0
+            layer.weight.uniform_(-bound, bound)
+        bound = math.sqrt(6.0 / self.intensity.in_features) / self.omega0
+        self.intensity.weight.uniform_(-bound, bound)
+
+    def param_dict(self) -> dict[str, torch.Tensor]:
+        """The network's parameters by name, the format :meth:`functional_forward` takes."""
+        return dict(self.named_parameters())
+
+    def functional_forward(
+        self, coords: torch.Tensor, params: dict[str, torch.Tensor], with_logits: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Evaluate the network with ``params`` instead of the module's own parameters.
+
+        Args:
+            coords: ``[B, N, spatial_dims]`` coordinates.
+            params: tensors named like :meth:`param_dict`; each either unbatched or with a leading batch dim ``B``.
+            with_logits: whether to evaluate the head (skipped when only the reconstruction is needed).
+
+        Returns:
+            ``(intensity [B, N, out_channels], features [B, N, hidden], logits [B, N, C] or None)``.
+        """
+        x = coords
+        for i in range(len(self.trunk)):
+            x = torch.sin(self.omega0 * _linear(x, params[f"trunk.{i}.weight"], params[f"trunk.{i}.bias"]))
+        intensity = _linear(x, params["intensity.weight"], params["intensity.bias"])
+        logits = self.decode(x, params) if with_logits else None
+        return intensity, x, logits
+
+    def decode(self, features: torch.Tensor, params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """Class logits ``[B, N, C]`` from penultimate features ``[B, N, hidden]`` (head parameters from ``params``)."""
+        p = self.param_dict() if params is None else params
+        hidden = F.leaky_relu(_linear(features, p["head.0.weight"], p["head.0.bias"]))
+        return _linear(hidden, p["head.2.weight"], p["head.2.bias"])
+
+    def forward(self, coords: torch.Tensor) -> torch.Tensor:
+        """``[B, N, spatial_dims]`` coordinates -> ``[B, N, out_channels + num_classes]`` (intensity, then logits)."""
+        intensity, _, logits = self.functional_forward(coords, self.param_dict())
+        return torch.cat([intensity, logits], dim=-1)

@@ -1,0 +1,92 @@
+"""Input checks for MetaSeg: clear errors naming the offending file before any work or output happens."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping
+
+import torch
+from monai.config import KeysCollection
+from monai.transforms import MapTransform
+from monai.utils import ImageMetaKey
+
+__all__ = ["ValidateMetaSegInputd"]
+
+
+def _source(x: object, key: Hashable) -> str:
+    meta = getattr(x, "meta", None) or {}
+    return str(meta.get(ImageMetaKey.FILENAME_OR_OBJ, f"<{key}>"))
+
+
+class ValidateMetaSegInputd(MapTransform):
+    """Check (and minimally normalise) channel-first images and label maps for a ``spatial_dims``-D MetaSeg bundle.
+
+    - trailing singleton spatial axes beyond ``spatial_dims`` are dropped (neurite-oasis 2D slices are stored as
+      ``160x192x1``);
+    - every key must then be ``[1, *spatial]`` with ``spatial_dims`` spatial axes, and not be empty;
+    - the image must be finite and not constant;
+    - the label (``label_key``, if present) must hold integers in ``[0, num_classes)`` and match the image's shape.
+
+    Raises ``ValueError`` naming the file and the problem.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        spatial_dims: int,
+        num_classes: int,
+        image_key: str = "image",
+        label_key: str = "label",
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.spatial_dims = spatial_dims
+        self.num_classes = num_classes
+        self.image_key = image_key
+        self.label_key = label_key
+
+    def _squeeze(self, x: torch.Tensor, key: Hashable) -> torch.Tensor:
+        while x.dim() > self.spatial_dims + 1 and x.shape[-1] == 1:
+            x = x[..., 0]
+        if x.dim() != self.spatial_dims + 1 or x.shape[0] != 1:
+            spatial = tuple(x.shape[1:])
+            raise ValueError(
+                f"{_source(x, key)}: expected a single-channel {self.spatial_dims}D {key}, got a {len(spatial)}D array "
+                f"of shape {spatial} with {x.shape[0]} channel(s); this bundle is configured for spatial_dims="
+                f"{self.spatial_dims}."
+            )
+        if x.numel() == 0:
+            raise ValueError(f"{_source(x, key)}: the {key} is empty (shape {tuple(x.shape[1:])}).")
+        return x
+
+    def _check_image(self, x: torch.Tensor, key: Hashable) -> None:
+        if not torch.isfinite(x).all():
+            bad = int((~torch.isfinite(x)).sum())
+            raise ValueError(f"{_source(x, key)}: the {key} contains {bad} NaN or infinite value(s).")
+        if float(x.max()) == float(x.min()):
+            raise ValueError(f"{_source(x, key)}: the {key} is constant ({float(x.min())}); nothing to fit.")
+
+    def _check_label(self, y: torch.Tensor, key: Hashable, image: torch.Tensor | None) -> None:
+        if not torch.isfinite(y).all() or not torch.equal(y, torch.round(y)):
+            raise ValueError(f"{_source(y, key)}: the {key} must hold integer class indices.")
+        lo, hi = int(y.min()), int(y.max())
+        if lo < 0 or hi >= self.num_classes:
+            raise ValueError(
+                f"{_source(y, key)}: {key} values must lie in [0, {self.num_classes - 1}] for num_classes="
+                f"{self.num_classes}, found values in [{lo}, {hi}]."
+            )
+        if image is not None and tuple(y.shape[1:]) != tuple(image.shape[1:]):
+            raise ValueError(
+                f"{_source(y, key)}: {key} shape {tuple(y.shape[1:])} differs from the image shape "
+                f"{tuple(image.shape[1:])} ({_source(image, self.image_key)})."
+            )
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self._squeeze(d[key], key)
+        for key in self.key_iterator(d):
+            if key == self.label_key:
+                self._check_label(d[key], key, d.get(self.image_key))
+            else:
+                self._check_image(d[key], key)
+        return d

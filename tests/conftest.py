@@ -1,0 +1,45 @@
+"""Shared fixtures: a tiny demo dataset and a runner for ``python -m monai.bundle`` in the repository root."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from scripts.demo_data import prepare_demo_data
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# tiny overrides shared by the end-to-end tests: small networks, few steps, few images
+TINY_NET = [
+    "--network_def#hidden_channels", "16",
+    "--network_def#num_sine_layers", "2",
+    "--network_def#head_channels", "16",
+]
+
+
+def run_bundle(*args: str, check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run ``python -m monai.bundle <args>`` in the repository root, as a user would."""
+    env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
+    proc = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", *args],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"bundle command failed ({proc.returncode}): {args}\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory) -> tuple[Path, Path]:
+    """A demo dataset with 3 train / 2 val / 2 test subjects: ``(dataset_dir, splits_file)``."""
+    root = tmp_path_factory.mktemp("data") / "demo"
+    splits = prepare_demo_data(str(root), num_train=3, num_val=2, num_test=2, seed=1)
+    return root, Path(splits)

@@ -1,0 +1,112 @@
+"""Tests for the embedded demo data generator (scripts/demo_data.py)."""
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from scripts.demo_data import DEMO_SUBJECT_FMT, prepare_demo_data  # noqa: E402
+
+SMALL = {"num_train": 3, "num_val": 1, "num_test": 1}
+
+
+def _load(root: Path, rel: str) -> np.ndarray:
+    return np.asarray(nib.load(str(root / rel)).dataobj)
+
+
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("demo") / "oasis"
+    prepare_demo_data(str(root), **SMALL)
+    return root
+
+
+def test_layout_shapes_and_values(demo_dir):
+    splits_path = demo_dir / "demo_splits.json"
+    assert prepare_demo_data(str(demo_dir), **SMALL) == str(splits_path)
+    splits = json.loads(splits_path.read_text())
+    assert {k: len(v) for k, v in splits.items()} == {"train": 3, "val": 1, "test": 1}
+    subjects = [DEMO_SUBJECT_FMT.format(i) for i in range(1, 6)]
+    assert (demo_dir / "subjects.txt").read_text().split() == subjects
+    assert splits["train"][0] == {"img": f"{subjects[0]}/slice_norm.nii.gz", "seg4": f"{subjects[0]}/slice_seg4.nii.gz"}
+    lut = [line.split() for line in (demo_dir / "seg4_labels.txt").read_text().splitlines()]
+    assert [int(r[0]) for r in lut] == [0, 1, 2, 3, 4] and all(len(r) == 6 for r in lut)
+    for entry in sum(splits.values(), []):
+        img_nii = nib.load(str(demo_dir / entry["img"]))
+        seg_nii = nib.load(str(demo_dir / entry["seg4"]))
+        assert img_nii.get_data_dtype() == np.float32 and seg_nii.get_data_dtype() == np.uint8
+        img, seg = np.asarray(img_nii.dataobj), np.asarray(seg_nii.dataobj)
+        assert img.shape == seg.shape == (160, 192)
+        assert img.min() >= 0.0 and img.max() <= 1.0 and img.max() > 0.9
+        assert set(np.unique(seg)) == {0, 1, 2, 3, 4}
+        assert np.all(img[seg > 0] > 0)  # labelled brain has intensity
+        assert np.any((seg == 0) & (img > 0.1))  # unlabelled rim / sulcal CSF keeps intensity
+        assert nib.aff2axcodes(img_nii.affine) == ("L", "I", "A")
+        # plausible tissue proportions for a coronal slice through the thalamus
+        frac = np.bincount(seg.ravel(), minlength=5) / np.count_nonzero(seg)
+        assert 0.3 < frac[1] < 0.6 and 0.02 < frac[2] < 0.15 and 0.3 < frac[3] < 0.6 and 0.002 < frac[4] < 0.05
+
+
+def test_deterministic_and_subjects_differ(demo_dir, tmp_path):
+    other = tmp_path / "again"
+    prepare_demo_data(str(other), **SMALL)
+    names = (demo_dir / "subjects.txt").read_text().split()
+    for name in names:
+        for f in ("slice_norm.nii.gz", "slice_seg4.nii.gz"):
+            np.testing.assert_array_equal(_load(demo_dir, f"{name}/{f}"), _load(other, f"{name}/{f}"))
+    a, b = _load(demo_dir, f"{names[0]}/slice_norm.nii.gz"), _load(demo_dir, f"{names[1]}/slice_norm.nii.gz")
+    assert np.abs(a - b).mean() > 0.01
+    sa, sb = _load(demo_dir, f"{names[0]}/slice_seg4.nii.gz"), _load(demo_dir, f"{names[1]}/slice_seg4.nii.gz")
+    assert np.mean(sa != sb) > 0.02
+    # another seed gives other subjects
+    third = tmp_path / "seed1"
+    prepare_demo_data(str(third), **SMALL, seed=1)
+    assert not np.array_equal(a, _load(third, f"{names[0]}/slice_norm.nii.gz"))
+
+
+def test_cached_and_overwrite(tmp_path):
+    root = tmp_path / "cache"
+    prepare_demo_data(str(root), num_train=1, num_val=1, num_test=1)
+    files = sorted(p for p in root.rglob("*") if p.is_file())
+    mtimes = {p: p.stat().st_mtime_ns for p in files}
+    prepare_demo_data(str(root), num_train=1, num_val=1, num_test=1)
+    assert {p: p.stat().st_mtime_ns for p in files} == mtimes
+    # different parameters regenerate
+    prepare_demo_data(str(root), num_train=2, num_val=1, num_test=1)
+    assert len(json.loads((root / "demo_splits.json").read_text())["train"]) == 2
+    assert (root / "subjects.txt").read_text().split()[-1] == DEMO_SUBJECT_FMT.format(4)
+    # overwrite=True regenerates identical content
+    before = _load(root, DEMO_SUBJECT_FMT.format(1) + "/slice_norm.nii.gz")
+    prepare_demo_data(str(root), num_train=2, num_val=1, num_test=1, overwrite=True)
+    np.testing.assert_array_equal(before, _load(root, DEMO_SUBJECT_FMT.format(1) + "/slice_norm.nii.gz"))
+    # no temporary siblings left behind
+    assert sorted(os.listdir(tmp_path)) == ["cache"]
+
+
+def test_refuses_foreign_directory(tmp_path):
+    real = tmp_path / "neurite-oasis"
+    (real / "OASIS_OAS1_0001_MR1").mkdir(parents=True)
+    (real / "subjects.txt").write_text("OASIS_OAS1_0001_MR1\n")
+    with pytest.raises(ValueError, match="refusing"):
+        prepare_demo_data(str(real), num_train=1, num_val=1, num_test=1)
+    assert (real / "subjects.txt").read_text() == "OASIS_OAS1_0001_MR1\n"
+    # a demo dir with an extra foreign file is refused too
+    demo = tmp_path / "demo"
+    prepare_demo_data(str(demo), num_train=1, num_val=1, num_test=1)
+    (demo / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="refusing"):
+        prepare_demo_data(str(demo), num_train=1, num_val=1, num_test=1, overwrite=True)
+    assert (demo / "notes.txt").exists()
+
+
+def test_invalid_arguments(tmp_path):
+    with pytest.raises(ValueError):
+        prepare_demo_data(str(tmp_path / "x"), spatial_dims=4)
+    with pytest.raises(ValueError):
+        prepare_demo_data(str(tmp_path / "x"), num_train=0, num_val=0, num_test=0)

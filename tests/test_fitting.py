@@ -1,0 +1,126 @@
+"""The inner loop and the test-time fit: second-order gradients, convergence, and weight safety."""
+
+import torch
+from ignite.engine import Events
+from monai.losses import FocalLoss
+from torch.nn import functional as F
+
+from scripts.fitting import adam_fit, batch_params, coordinate_grid, flatten_image, unflatten_points
+from scripts.inferer import MetaSegInferer
+from scripts.network import TRUNK_PREFIXES, MetaSegINR
+from scripts.trainer import MetaSegTrainer
+
+
+def _tiny_net(dtype=torch.float32) -> MetaSegINR:
+    torch.manual_seed(0)
+    return MetaSegINR(hidden_channels=8, num_sine_layers=2, head_channels=8, num_classes=3, omega0=5.0).to(dtype)
+
+
+def test_grid_and_flatten_roundtrip():
+    grid = coordinate_grid((3, 4))
+    assert grid.shape == (12, 2) and grid.min() == -1 and grid.max() == 1
+    torch.testing.assert_close(grid[1], torch.tensor([-1.0, -1.0 / 3]))  # ij order: last axis fastest
+    img = torch.arange(24.0).reshape(2, 1, 3, 4)
+    assert torch.equal(unflatten_points(flatten_image(img), (3, 4)), img)
+
+
+def _meta_loss(net: MetaSegINR, params: dict, coords, image, label, steps=2, lr=1e-2):
+    """Outer loss after an inner Adam loop on MSE + cross-entropy, differentiable w.r.t. ``params``."""
+
+    def loss(p):
+        intensity, _, logits = net.functional_forward(coords, p)
+        return F.mse_loss(intensity, image) + F.cross_entropy(logits.transpose(1, 2), label)
+
+    adapted = adam_fit(loss, batch_params(params, 1, detach=False), list(params), steps, lr, create_graph=True)
+    return loss(adapted)
+
+
+def test_second_order_gradient_matches_finite_differences():
+    net = _tiny_net(torch.float64)
+    coords = coordinate_grid((6, 6)).double()[None]
+    image = torch.rand(1, 36, 1, dtype=torch.float64)
+    label = torch.randint(0, 3, (1, 36))
+    params = {k: v.detach().clone().requires_grad_(True) for k, v in net.param_dict().items()}
+    outer = _meta_loss(net, params, coords, image, label)
+    grads = dict(zip(params, torch.autograd.grad(outer, list(params.values()))))
+    eps = 1e-6
+    for name in ["trunk.0.weight", "trunk.1.bias", "head.2.weight"]:
+        flat = params[name].detach().reshape(-1)
+        for idx in [0, flat.numel() - 1]:
+            shifted = []
+            for sign in (1, -1):
+                p2 = {k: v.detach().clone() for k, v in params.items()}
+                p2[name].view(-1)[idx] += sign * eps
+                p2 = {k: v.requires_grad_(True) for k, v in p2.items()}
+                shifted.append(_meta_loss(net, p2, coords, image, label).item())
+            numeric = (shifted[0] - shifted[1]) / (2 * eps)
+            analytic = grads[name].reshape(-1)[idx].item()
+            assert abs(numeric - analytic) <= 1e-5 + 1e-3 * abs(numeric), (name, idx, numeric, analytic)
+
+
+def test_second_order_differs_from_first_order():
+    """Gradients through the inner loop are not what a first-order (detached) inner loop would give."""
+    net = _tiny_net(torch.float64)
+    coords = coordinate_grid((6, 6)).double()[None]
+    image = torch.rand(1, 36, 1, dtype=torch.float64)
+    label = torch.randint(0, 3, (1, 36))
+    params = {k: v.detach().clone().requires_grad_(True) for k, v in net.param_dict().items()}
+    second = torch.autograd.grad(_meta_loss(net, params, coords, image, label), params["trunk.0.weight"])[0]
+
+    def loss(p):
+        intensity, _, logits = net.functional_forward(coords, p)
+        return F.mse_loss(intensity, image) + F.cross_entropy(logits.transpose(1, 2), label)
+
+    adapted = adam_fit(loss, batch_params(params, 1, detach=True), list(params), 2, 1e-2)
+    first = torch.autograd.grad(loss(adapted), adapted["trunk.0.weight"])[0][0]
+    assert not torch.allclose(first, second, rtol=1e-3, atol=1e-8)
+
+
+def test_test_time_fit_lowers_mse_and_keeps_weights():
+    net = _tiny_net()
+    before = {k: v.detach().clone() for k, v in net.state_dict().items()}
+    image = torch.rand(2, 1, 12, 10)
+    inferer = MetaSegInferer(fit_steps=30, fit_lr=1e-2)
+    with torch.no_grad():  # as MONAI evaluators and MONAI Label call it
+        logits, recon = inferer.fit_decode(image, net)
+        _, recon0 = MetaSegInferer(fit_steps=0).fit_decode(image, net)
+    assert logits.shape == (2, 3, 12, 10) and recon.shape == (2, 1, 12, 10)
+    assert F.mse_loss(recon, image) < 0.5 * F.mse_loss(recon0, image)
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert all(p.grad is None for p in net.parameters())
+
+
+def test_batched_fit_equals_single_fits():
+    net = _tiny_net()
+    images = torch.rand(3, 1, 8, 8)
+    inferer = MetaSegInferer(fit_steps=5, fit_lr=1e-2)
+    batched, _ = inferer.fit_decode(images, net)
+    for i in range(3):
+        single, _ = inferer.fit_decode(images[i : i + 1], net)
+        torch.testing.assert_close(batched[i : i + 1], single, rtol=1e-4, atol=1e-5)
+
+
+def test_only_trunk_is_fitted():
+    net = _tiny_net()
+    fit = MetaSegInferer(fit_steps=3, fit_lr=1e-2).fit(torch.rand(1, 1, 8, 8), net)
+    for k, v in fit.params.items():
+        changed = not torch.equal(v[0], net.param_dict()[k].detach())
+        assert changed == k.startswith(TRUNK_PREFIXES), k
+
+
+def test_meta_training_step_lowers_outer_loss():
+    net = _tiny_net()
+    image = torch.rand(1, 1, 8, 8)
+    label = (image > 0.5).long() + (image > 0.8).long()
+    data = [{"image": image, "label": label}] * 40
+    trainer = MetaSegTrainer(
+        device="cpu", max_epochs=1, train_data_loader=data, network=net,
+        optimizer=torch.optim.Adam(net.parameters(), 1e-2),
+        loss_function=FocalLoss(gamma=1.0, use_softmax=True, to_onehot_y=True),
+        inner_steps=2, inner_lr=1e-2, num_points=32,
+    )
+    losses = []
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: losses.append(float(e.state.output[0]["loss"])))
+    trainer.run()
+    assert sum(losses[-5:]) < 0.7 * sum(losses[:5])

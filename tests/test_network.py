@@ -1,0 +1,44 @@
+"""MetaSegINR: shapes, parameter count, and the functional (batched) forward matching the module forward."""
+
+import pytest
+import torch
+
+from scripts.network import MetaSegINR
+
+
+def test_reference_size_and_shapes():
+    net = MetaSegINR()
+    # 2->128, 4x 128->128 sine layers, 128->1 intensity, head 128->128->5
+    assert sum(p.numel() for p in net.parameters()) == 83718
+    out = net(torch.rand(2, 100, 2) * 2 - 1)
+    assert out.shape == (2, 100, 1 + 5)
+
+
+@pytest.mark.parametrize("spatial_dims,num_classes", [(2, 25), (3, 5)])
+def test_configurable(spatial_dims, num_classes):
+    net = MetaSegINR(spatial_dims=spatial_dims, hidden_channels=32, num_sine_layers=3, num_classes=num_classes)
+    assert net(torch.zeros(1, 7, spatial_dims)).shape == (1, 7, 1 + num_classes)
+    assert len(net.trunk) == 3
+
+
+def test_functional_forward_batched_matches_module():
+    torch.manual_seed(0)
+    net = MetaSegINR(hidden_channels=32, num_sine_layers=3, head_channels=16)
+    coords = torch.rand(3, 50, 2) * 2 - 1
+    expected = net(coords)
+    batched = {k: v.unsqueeze(0).expand(3, *v.shape) for k, v in net.param_dict().items()}
+    intensity, features, logits = net.functional_forward(coords, batched)
+    assert features.shape == (3, 50, 32)
+    torch.testing.assert_close(torch.cat([intensity, logits], -1), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_siren_initialisation_bounds():
+    net = MetaSegINR(omega0=30.0)
+    assert net.trunk[0].weight.abs().max() <= 1.0 / 2
+    assert net.trunk[1].weight.abs().max() <= (6.0 / 128) ** 0.5 / 30.0
+
+
+@pytest.mark.parametrize("kwargs", [{"spatial_dims": 4}, {"num_classes": 1}, {"num_sine_layers": 0}])
+def test_bad_arguments(kwargs):
+    with pytest.raises(ValueError):
+        MetaSegINR(**kwargs)
