@@ -1,16 +1,20 @@
-"""Output naming: one label file per input, in a folder named after the input's parent (subject) folder."""
+"""Output writing: subject-folder naming and an atomic NIfTI writer that keeps the input's affine as is."""
 
 from __future__ import annotations
 
 import os
+import tempfile
+from collections.abc import Mapping
+from typing import Any
 
+from monai.data import NibabelWriter
 from monai.data.folder_layout import FolderLayoutBase
 
-__all__ = ["SubjectFolderLayout"]
+__all__ = ["SubjectFolderLayout", "AtomicNiftiWriter"]
 
 
 class SubjectFolderLayout(FolderLayoutBase):
-    """``<output_dir>/<input's parent folder>/<input stem><postfix><extension>``.
+    """``<output_dir>/<input's parent folder>/<input stem>_<postfix><extension>``.
 
     In the neurite-oasis layout every subject folder holds a ``slice_norm.nii.gz``; keeping the subject folder in the
     output path means inputs sharing a file name never overwrite each other, e.g.
@@ -39,3 +43,36 @@ class SubjectFolderLayout(FolderLayoutBase):
         if self.makedirs:
             os.makedirs(folder, exist_ok=True)
         return os.path.join(folder, name + self.extension)
+
+
+class AtomicNiftiWriter(NibabelWriter):
+    """``NibabelWriter`` that writes to a temporary file and renames it into place, so a failure or a kill never
+    leaves a truncated file under the final name.
+
+    With ``resample=False`` the data are written with their metadata affine unchanged, without going through
+    MONAI's resampler: 2D slices cut from 3D volumes (such as neurite-oasis ``slice_*.nii.gz``) carry a 4x4 affine
+    whose in-plane 2x2 block is singular, which the resampler cannot invert although nothing needs resampling.
+    """
+
+    def set_metadata(self, meta_dict: Mapping | None = None, resample: bool = True, **options: Any) -> None:
+        if resample:
+            return super().set_metadata(meta_dict, resample=resample, **options)
+        _, affine, _ = self.get_meta_info(meta_dict)
+        if self.output_dtype is None and hasattr(self.data_obj, "dtype"):
+            self.output_dtype = self.data_obj.dtype
+        self.affine = affine
+
+    def write(self, filename: Any, verbose: bool = False, **obj_kwargs: Any) -> None:
+        filename = str(filename)
+        folder = os.path.dirname(os.path.abspath(filename))
+        os.makedirs(folder, exist_ok=True)
+        suffix = ".nii.gz" if filename.endswith(".nii.gz") else os.path.splitext(filename)[1]
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(filename)}.", suffix=suffix)
+        os.close(fd)
+        try:
+            super().write(tmp, verbose=verbose, **obj_kwargs)
+            os.replace(tmp, filename)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+            raise

@@ -2,14 +2,43 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Hashable, Mapping
+from typing import Any
 
 import torch
 from monai.config import KeysCollection
-from monai.transforms import MapTransform
+from monai.transforms import LoadImaged, MapTransform
 from monai.utils import ImageMetaKey
 
-__all__ = ["ValidateMetaSegInputd"]
+__all__ = ["LoadImageCheckedd", "ValidateMetaSegInputd"]
+
+
+class LoadImageCheckedd(LoadImaged):
+    """``LoadImaged`` (``image_only=True``) whose read errors name the file and the problem.
+
+    Missing and empty files are reported before reading; anything a reader rejects (a truncated gzip, a file that is
+    not NIfTI despite its name) becomes a ``ValueError`` that names the path. Other arguments are ``LoadImaged``'s.
+    """
+
+    def __init__(self, keys: KeysCollection, *args: Any, **kwargs: Any) -> None:
+        kwargs["image_only"] = True
+        super().__init__(keys, *args, **kwargs)
+
+    def __call__(self, data: Mapping[Hashable, Any], reader: Any = None) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            path = d[key]
+            if isinstance(path, (str, os.PathLike)):
+                if not os.path.isfile(path):
+                    raise FileNotFoundError(f"{key} file not found: {path}")
+                if os.path.getsize(path) == 0:
+                    raise ValueError(f"{path}: the {key} file is empty (0 bytes).")
+            try:
+                d[key] = self._loader(path, reader)
+            except Exception as e:
+                raise ValueError(f"{path}: cannot read the {key} as an image ({type(e).__name__}: {e}).") from e
+        return d
 
 
 def _source(x: object, key: Hashable) -> str:
