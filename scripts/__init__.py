@@ -2,4 +2,16 @@
 
 from . import data, demo_data, evaluator, fitting, handlers, head_trainer, inferer, io, network, trainer, transforms
 
-__all__ = ["data", "demo_data", "evaluator", "fitting", "handlers", "head_trainer", "inferer", "io", "network", "trainer", "transforms"]
+__all__ = [
+    "data",
+    "demo_data",
+    "evaluator",
+    "fitting",
+    "handlers",
+    "head_trainer",
+    "inferer",
+    "io",
+    "network",
+    "trainer",
+    "transforms",
+]

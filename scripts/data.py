@@ -52,7 +52,9 @@ def load_datalist(
     if not os.path.isdir(dataset_dir):
         raise FileNotFoundError(f"dataset_dir does not exist or is not a directory: {dataset_dir}")
     if num_classes not in LABEL_KEYS:
-        raise ValueError(f"num_classes must be one of {sorted(LABEL_KEYS)} for neurite-oasis labels, got {num_classes}.")
+        raise ValueError(
+            f"num_classes must be one of {sorted(LABEL_KEYS)} for neurite-oasis labels, got {num_classes}."
+        )
     splits = _read_splits(splits_file)
     if split not in splits:
         raise ValueError(f"{splits_file}: no split named '{split}' (available: {sorted(splits)}).")

@@ -25,12 +25,14 @@ class MetaSegEvaluator(SupervisedEvaluator):
     ``"fit_time"``. All arguments are those of ``monai.engines.SupervisedEvaluator``.
     """
 
-    def _iteration(self, engine: MetaSegEvaluator, batchdata: dict[str, torch.Tensor]) -> dict:  # type: ignore[override]
+    def _iteration(self, engine: MetaSegEvaluator, batchdata: dict[str, torch.Tensor]) -> dict:
         if batchdata is None:
             raise ValueError("Must provide batch data for current iteration.")
         if not isinstance(engine.inferer, MetaSegInferer):
             raise TypeError(f"MetaSegEvaluator needs a MetaSegInferer, got {type(engine.inferer).__name__}.")
-        inputs, targets = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)[:2]
+        inputs, targets = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)[
+            :2
+        ]
         engine.state.output = {Keys.IMAGE: inputs, Keys.LABEL: targets}
         start = time.perf_counter()
         with engine.mode(engine.network):

@@ -68,7 +68,11 @@ class MetricsSummaryHandler:
         details = getattr(engine.state, "metric_details", {}).get(self.dice_metric_name)
         if details is not None:
             per_class = torch.nanmean(torch.as_tensor(details, dtype=torch.float64), dim=0).tolist()
-            names = self.class_names if len(self.class_names) == len(per_class) else [str(i + 1) for i in range(len(per_class))]
+            names = (
+                self.class_names
+                if len(self.class_names) == len(per_class)
+                else [str(i + 1) for i in range(len(per_class))]
+            )
             out["dice_per_class"] = dict(zip(names, per_class))
         inferer = getattr(engine, "inferer", None)
         if hasattr(inferer, "fit_steps"):
@@ -84,7 +88,9 @@ class MetricsSummaryHandler:
         lines += [f"  {k}: {v:.4f}" for k, v in summary["metrics"].items()]
         lines += [f"  dice[{k}]: {v:.4f}" for k, v in summary.get("dice_per_class", {}).items()]
         if "seconds_per_image" in summary:
-            lines.append(f"  fit steps: {summary.get('fit_steps')}, seconds per image: {summary['seconds_per_image']:.3f}")
+            lines.append(
+                f"  fit steps: {summary.get('fit_steps')}, seconds per image: {summary['seconds_per_image']:.3f}"
+            )
         self.logger.info("\n".join(lines))
         os.makedirs(self.output_dir, exist_ok=True)
         path = os.path.join(self.output_dir, self.filename)

@@ -76,10 +76,12 @@ class HeadFineTuneTrainer(SupervisedTrainer):
         coords = coordinate_grid(spatial_shape, device=inputs.device).expand(inputs.shape[0], -1, -1)
         return FitResult(params=params, coords=coords, spatial_shape=spatial_shape)
 
-    def _iteration(self, engine: HeadFineTuneTrainer, batchdata: dict[str, torch.Tensor]) -> dict:  # type: ignore[override]
+    def _iteration(self, engine: HeadFineTuneTrainer, batchdata: dict[str, torch.Tensor]) -> dict:
         if batchdata is None:
             raise ValueError("Must provide batch data for current iteration.")
-        inputs, targets = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)[:2]
+        inputs, targets = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)[
+            :2
+        ]
         net: MetaSegINR = getattr(engine.network, "module", engine.network)
         engine.state.output = {Keys.IMAGE: inputs, Keys.LABEL: targets}
         engine.network.train()

@@ -22,7 +22,9 @@ class SubjectFolderLayout(FolderLayoutBase):
     Use as ``SaveImaged(folder_layout=SubjectFolderLayout(...))``.
     """
 
-    def __init__(self, output_dir: str, postfix: str = "seg", extension: str = ".nii.gz", makedirs: bool = True) -> None:
+    def __init__(
+        self, output_dir: str, postfix: str = "seg", extension: str = ".nii.gz", makedirs: bool = True
+    ) -> None:
         self.output_dir = output_dir
         self.postfix = postfix
         self.extension = extension if extension.startswith(".") else f".{extension}"

@@ -28,7 +28,9 @@ def _gather(points: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
     """Select ``index`` ``[B, n]`` along dim 1 of ``points`` ``[B, N, ...]``."""
     if index is None:
         return points
-    return torch.gather(points, 1, index.view(*index.shape, *([1] * (points.dim() - 2))).expand(-1, -1, *points.shape[2:]))
+    return torch.gather(
+        points, 1, index.view(*index.shape, *([1] * (points.dim() - 2))).expand(-1, -1, *points.shape[2:])
+    )
 
 
 class MetaSegTrainer(SupervisedTrainer):
@@ -81,10 +83,12 @@ class MetaSegTrainer(SupervisedTrainer):
         self.num_points = num_points
         self.betas = (float(betas[0]), float(betas[1]))
 
-    def _iteration(self, engine: MetaSegTrainer, batchdata: dict[str, torch.Tensor]) -> dict:  # type: ignore[override]
+    def _iteration(self, engine: MetaSegTrainer, batchdata: dict[str, torch.Tensor]) -> dict:
         if batchdata is None:
             raise ValueError("Must provide batch data for current iteration.")
-        inputs, targets = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)[:2]
+        inputs, targets = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)[
+            :2
+        ]
         net: MetaSegINR = getattr(engine.network, "module", engine.network)
         engine.state.output = {Keys.IMAGE: inputs, Keys.LABEL: targets}
         engine.network.train()
@@ -109,7 +113,9 @@ class MetaSegTrainer(SupervisedTrainer):
             return mse + engine.inner_seg_weight * seg
 
         params = batch_params(net.param_dict(), batch, detach=False)
-        trainable = list(params) if engine.inner_seg_weight != 0 else [k for k in params if k.startswith(TRUNK_PREFIXES)]
+        trainable = (
+            list(params) if engine.inner_seg_weight != 0 else [k for k in params if k.startswith(TRUNK_PREFIXES)]
+        )
         adapted = adam_fit(
             inner_loss, params, trainable, engine.inner_steps, engine.inner_lr, engine.betas, create_graph=True
         )

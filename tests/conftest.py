@@ -15,9 +15,12 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # tiny overrides shared by the end-to-end tests: small networks, few steps, few images
 TINY_NET = [
-    "--network_def#hidden_channels", "16",
-    "--network_def#num_sine_layers", "2",
-    "--network_def#head_channels", "16",
+    "--network_def#hidden_channels",
+    "16",
+    "--network_def#num_sine_layers",
+    "2",
+    "--network_def#head_channels",
+    "16",
 ]
 
 
@@ -33,7 +36,9 @@ def run_bundle(*args: str, check: bool = True, timeout: int = 600) -> subprocess
         timeout=timeout,
     )
     if check and proc.returncode != 0:
-        raise AssertionError(f"bundle command failed ({proc.returncode}): {args}\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
+        raise AssertionError(
+            f"bundle command failed ({proc.returncode}): {args}\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}"
+        )
     return proc
 
 

@@ -10,7 +10,6 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-
 from conftest import TINY_NET, run_bundle
 
 INFER = "['configs/inference.json']"
@@ -66,8 +65,14 @@ def _corrupt_inputs(tmp: Path, dataset_dir: Path) -> dict[str, tuple[Path, str]]
     empty.parent.mkdir()
     empty.write_bytes(b"")
     cases = {
-        "3d_volume": (_write(tmp / "vol.nii.gz", np.random.rand(16, 20, 12).astype(np.float32)), "expected a single-channel 2D"),
-        "4d_volume": (_write(tmp / "vol4.nii.gz", np.random.rand(16, 20, 12, 3).astype(np.float32)), "expected a single-channel 2D"),
+        "3d_volume": (
+            _write(tmp / "vol.nii.gz", np.random.rand(16, 20, 12).astype(np.float32)),
+            "expected a single-channel 2D",
+        ),
+        "4d_volume": (
+            _write(tmp / "vol4.nii.gz", np.random.rand(16, 20, 12, 3).astype(np.float32)),
+            "expected a single-channel 2D",
+        ),
         "nan": (_write(tmp / "nan.nii.gz", nan), "NaN or infinite"),
         "inf": (_write(tmp / "inf.nii.gz", inf), "NaN or infinite"),
         "constant": (_write(tmp / "const.nii.gz", np.full_like(img, 0.5)), "constant"),
@@ -87,8 +92,21 @@ def test_inference_rejects_bad_image(case, tmp_path, tiny_dataset, model_dir):
     bad, phrase = _corrupt_inputs(tmp_path, dataset_dir)[case]
     out = tmp_path / "out"
     proc = run_bundle(
-        "run", "inference", "--config_file", INFER, "--datalist", f"['{bad}']", "--output_dir", str(out),
-        "--dataset_dir", str(dataset_dir), "--splits_file", str(splits), "--ckpt_dir", str(model_dir), *TINY_NET,
+        "run",
+        "inference",
+        "--config_file",
+        INFER,
+        "--datalist",
+        f"['{bad}']",
+        "--output_dir",
+        str(out),
+        "--dataset_dir",
+        str(dataset_dir),
+        "--splits_file",
+        str(splits),
+        "--ckpt_dir",
+        str(model_dir),
+        *TINY_NET,
         check=False,
     )
     assert proc.returncode != 0
@@ -99,8 +117,20 @@ def test_inference_rejects_bad_image(case, tmp_path, tiny_dataset, model_dir):
 def _eval(tmp_path: Path, dataset_dir: Path, model_dir: Path, *extra: str):
     out = tmp_path / "eval_out"
     proc = run_bundle(
-        "run", "evaluating", "--config_file", EVAL, "--output_dir", str(out), "--dataset_dir", str(dataset_dir),
-        "--splits_file", str(dataset_dir / "demo_splits.json"), "--ckpt_dir", str(model_dir), *TINY_NET, *extra,
+        "run",
+        "evaluating",
+        "--config_file",
+        EVAL,
+        "--output_dir",
+        str(out),
+        "--dataset_dir",
+        str(dataset_dir),
+        "--splits_file",
+        str(dataset_dir / "demo_splits.json"),
+        "--ckpt_dir",
+        str(model_dir),
+        *TINY_NET,
+        *extra,
         check=False,
     )
     assert proc.returncode != 0
@@ -138,8 +168,19 @@ def test_label_shape_mismatch(tmp_path, tiny_dataset, model_dir):
 def test_missing_dataset_dir(tmp_path, model_dir):
     missing = tmp_path / "nowhere"
     proc = run_bundle(
-        "run", "evaluating", "--config_file", EVAL, "--dataset_dir", str(missing), "--splits_file",
-        str(missing / "splits.json"), "--ckpt_dir", str(model_dir), "--output_dir", str(tmp_path / "o"), check=False,
+        "run",
+        "evaluating",
+        "--config_file",
+        EVAL,
+        "--dataset_dir",
+        str(missing),
+        "--splits_file",
+        str(missing / "splits.json"),
+        "--ckpt_dir",
+        str(model_dir),
+        "--output_dir",
+        str(tmp_path / "o"),
+        check=False,
     )
     assert proc.returncode != 0
     assert f"dataset_dir does not exist or is not a directory: {missing}" in proc.stderr

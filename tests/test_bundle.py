@@ -9,8 +9,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-
 from conftest import TINY_NET, run_bundle
+
 from scripts.network import MetaSegINR
 
 INFER = "['configs/inference.json']"
@@ -22,11 +22,33 @@ def trained(tiny_dataset, tmp_path_factory) -> tuple[Path, list[str]]:
     """Run tiny meta-training + head fine-tuning once; return the checkpoint dir and the shared overrides."""
     dataset_dir, splits = tiny_dataset
     work = tmp_path_factory.mktemp("bundle")
-    common = ["--dataset_dir", str(dataset_dir), "--splits_file", str(splits), "--ckpt_dir", str(work / "models"), *TINY_NET]
+    common = [
+        "--dataset_dir",
+        str(dataset_dir),
+        "--splits_file",
+        str(splits),
+        "--ckpt_dir",
+        str(work / "models"),
+        *TINY_NET,
+    ]
     run_bundle(
-        "run", "training", "--config_file", "configs/train.json", "--output_dir", str(work / "train_eval"), *common,
-        "--train#trainer#max_epochs", "2", "--val_interval", "1", "--train#trainer#num_points", "512",
-        "--finetune#trainer#max_epochs", "2", "--finetune#val_interval", "1",
+        "run",
+        "training",
+        "--config_file",
+        "configs/train.json",
+        "--output_dir",
+        str(work / "train_eval"),
+        *common,
+        "--train#trainer#max_epochs",
+        "2",
+        "--val_interval",
+        "1",
+        "--train#trainer#num_points",
+        "512",
+        "--finetune#trainer#max_epochs",
+        "2",
+        "--finetune#val_interval",
+        "1",
     )
     return work, common
 
@@ -64,8 +86,12 @@ def test_inference_on_explicit_datalist(trained, tiny_dataset):
     dataset_dir, _ = tiny_dataset
     image = sorted(dataset_dir.glob("*/slice_norm.nii.gz"))[0]
     out = work / "infer_list"
-    run_bundle("run", "inference", "--config_file", INFER, "--output_dir", str(out), "--datalist", f"['{image}']", *common)
-    assert [p.relative_to(out).as_posix() for p in out.rglob("*.nii.gz")] == [f"{image.parent.name}/slice_norm_seg.nii.gz"]
+    run_bundle(
+        "run", "inference", "--config_file", INFER, "--output_dir", str(out), "--datalist", f"['{image}']", *common
+    )
+    assert [p.relative_to(out).as_posix() for p in out.rglob("*.nii.gz")] == [
+        f"{image.parent.name}/slice_norm_seg.nii.gz"
+    ]
 
 
 def test_evaluation_writes_metrics(trained):
@@ -80,3 +106,11 @@ def test_evaluation_writes_metrics(trained):
     assert summary["fit_steps"] == 2 and summary["seconds_per_image"] > 0
     assert (out / "mean_dice_raw.csv").is_file() and (out / "metrics.csv").is_file()
     assert "mean_dice" in proc.stdout + proc.stderr
+
+
+def test_prepare_data_run_id_generates_the_demo_layout(tmp_path):
+    demo = tmp_path / "demo"
+    run_bundle("run", "prepare_data", "--config_file", "configs/train.json", "--demo_dir", str(demo))
+    splits = json.loads((demo / "demo_splits.json").read_text())
+    assert {k: len(v) for k, v in splits.items()} == {"train": 80, "val": 20, "test": 20}
+    assert (demo / "OASIS_OAS1_0001_MR1" / "slice_norm.nii.gz").is_file()

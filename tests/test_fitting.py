@@ -115,10 +115,15 @@ def test_meta_training_step_lowers_outer_loss():
     label = (image > 0.5).long() + (image > 0.8).long()
     data = [{"image": image, "label": label}] * 40
     trainer = MetaSegTrainer(
-        device="cpu", max_epochs=1, train_data_loader=data, network=net,
+        device="cpu",
+        max_epochs=1,
+        train_data_loader=data,
+        network=net,
         optimizer=torch.optim.Adam(net.parameters(), 1e-2),
         loss_function=FocalLoss(gamma=1.0, use_softmax=True, to_onehot_y=True),
-        inner_steps=2, inner_lr=1e-2, num_points=32,
+        inner_steps=2,
+        inner_lr=1e-2,
+        num_points=32,
     )
     losses = []
     trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: losses.append(float(e.state.output[0]["loss"])))
