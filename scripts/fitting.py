@@ -6,7 +6,15 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-__all__ = ["coordinate_grid", "flatten_image", "unflatten_points", "batch_params", "adam_fit"]
+__all__ = [
+    "coordinate_grid",
+    "flatten_image",
+    "unflatten_points",
+    "sample_points",
+    "gather_points",
+    "batch_params",
+    "adam_fit",
+]
 
 
 def coordinate_grid(spatial_shape: Sequence[int], device: torch.device | str | None = None) -> torch.Tensor:
@@ -23,6 +31,21 @@ def flatten_image(image: torch.Tensor) -> torch.Tensor:
 def unflatten_points(points: torch.Tensor, spatial_shape: Sequence[int]) -> torch.Tensor:
     """``[B, N, C]`` -> ``[B, C, *spatial]``, the inverse of :func:`flatten_image`."""
     return points.transpose(1, 2).reshape(points.shape[0], points.shape[2], *spatial_shape)
+
+
+def sample_points(num_total: int, num_points: int | None, batch_size: int, device: torch.device) -> torch.Tensor | None:
+    """Per-sample random subsets of point indices ``[B, num_points]``, or ``None`` to use every point."""
+    if num_points is None or num_points <= 0 or num_points >= num_total:
+        return None
+    return torch.rand(batch_size, num_total, device=device).argsort(dim=1)[:, :num_points]
+
+
+def gather_points(points: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
+    """Select ``index`` ``[B, n]`` along dim 1 of ``points`` ``[B, N, ...]`` (all points when ``index`` is None)."""
+    if index is None:
+        return points
+    index = index.view(*index.shape, *([1] * (points.dim() - 2))).expand(-1, -1, *points.shape[2:])
+    return torch.gather(points, 1, index)
 
 
 def batch_params(params: dict[str, torch.Tensor], batch_size: int, detach: bool) -> dict[str, torch.Tensor]:

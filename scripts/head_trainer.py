@@ -6,19 +6,16 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from monai.engines import SupervisedTrainer
-from monai.engines.utils import IterationEvents
-from monai.utils import CommonKeys as Keys
 
-from .fitting import coordinate_grid, flatten_image
+from .fitting import coordinate_grid, flatten_image, gather_points, sample_points
 from .inferer import FitResult, MetaSegInferer
 from .network import HEAD_PREFIX, MetaSegINR
-from .trainer import _gather, sample_points
+from .trainer import PointLossTrainer
 
 __all__ = ["HeadFineTuneTrainer"]
 
 
-class HeadFineTuneTrainer(SupervisedTrainer):
+class HeadFineTuneTrainer(PointLossTrainer):
     """Fine-tunes MetaSeg's head on penultimate features of training images fitted exactly as at inference.
 
     Every image is fitted by ``inferer`` (the same :class:`MetaSegInferer` used for inference) from the current
@@ -76,28 +73,14 @@ class HeadFineTuneTrainer(SupervisedTrainer):
         coords = coordinate_grid(spatial_shape, device=inputs.device).expand(inputs.shape[0], -1, -1)
         return FitResult(params=params, coords=coords, spatial_shape=spatial_shape)
 
-    def _iteration(self, engine: HeadFineTuneTrainer, batchdata: dict[str, torch.Tensor]) -> dict:
-        if batchdata is None:
-            raise ValueError("Must provide batch data for current iteration.")
-        inputs, targets = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)[
-            :2
-        ]
-        net: MetaSegINR = getattr(engine.network, "module", engine.network)
-        engine.state.output = {Keys.IMAGE: inputs, Keys.LABEL: targets}
-        engine.network.train()
-        engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
-
-        fit = engine._fitted_params(inputs, net)
+    def compute_loss(
+        self, inputs: torch.Tensor, targets: torch.Tensor, net: MetaSegINR
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Segmentation loss of the head on the (cached) fitted features of a random subset of points."""
+        fit = self._fitted_params(inputs, net)
         label = flatten_image(torch.as_tensor(targets).long())
-        index = sample_points(fit.coords.shape[1], engine.num_points, inputs.shape[0], inputs.device)
+        index = sample_points(fit.coords.shape[1], self.num_points, inputs.shape[0], inputs.device)
         with torch.no_grad():
-            _, features, _ = net.functional_forward(_gather(fit.coords, index), fit.params, with_logits=False)
+            _, features, _ = net.functional_forward(gather_points(fit.coords, index), fit.params, with_logits=False)
         logits = net.decode(features)
-        loss = engine.loss_function(logits.transpose(1, 2), _gather(label, index).transpose(1, 2))
-        engine.state.output[Keys.LOSS] = loss.detach()
-        engine.fire_event(IterationEvents.LOSS_COMPLETED)
-        loss.backward()
-        engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
-        engine.optimizer.step()
-        engine.fire_event(IterationEvents.MODEL_COMPLETED)
-        return engine.state.output
+        return self.loss_function(logits.transpose(1, 2), gather_points(label, index).transpose(1, 2)), {}

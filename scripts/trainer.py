@@ -11,29 +11,45 @@ from monai.engines.utils import IterationEvents
 from monai.utils import CommonKeys as Keys
 from torch.nn import functional as F
 
-from .fitting import adam_fit, batch_params, coordinate_grid, flatten_image
+from .fitting import adam_fit, batch_params, coordinate_grid, flatten_image, gather_points, sample_points
 from .network import TRUNK_PREFIXES, MetaSegINR
 
-__all__ = ["MetaSegTrainer", "sample_points"]
+__all__ = ["PointLossTrainer", "MetaSegTrainer"]
 
 
-def sample_points(num_total: int, num_points: int | None, batch_size: int, device: torch.device) -> torch.Tensor | None:
-    """Per-sample random subsets of point indices ``[B, num_points]``, or ``None`` to use every point."""
-    if num_points is None or num_points <= 0 or num_points >= num_total:
-        return None
-    return torch.rand(batch_size, num_total, device=device).argsort(dim=1)[:, :num_points]
+class PointLossTrainer(SupervisedTrainer):
+    """A ``SupervisedTrainer`` whose iteration minimises a loss computed by :meth:`compute_loss` on per-point outputs.
+
+    Subclasses implement ``compute_loss(inputs, targets, net) -> (loss, extra outputs)``; this class prepares the
+    batch, runs backward and the optimizer step, fills ``engine.state.output`` (``image``, ``label``, ``loss`` and the
+    extras) and fires MONAI's iteration events, like ``SupervisedTrainer`` does.
+    """
+
+    def compute_loss(
+        self, inputs: torch.Tensor, targets: torch.Tensor, net: MetaSegINR
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The loss to minimise for one batch, and extra (detached) values to report."""
+        raise NotImplementedError(f"{type(self).__name__} must implement compute_loss.")
+
+    def _iteration(self, engine: PointLossTrainer, batchdata: dict[str, torch.Tensor]) -> dict:
+        if batchdata is None:
+            raise ValueError("Must provide batch data for current iteration.")
+        batch = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)
+        inputs, targets = batch[:2]
+        engine.state.output = {Keys.IMAGE: inputs, Keys.LABEL: targets}
+        engine.network.train()
+        engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
+        loss, extras = engine.compute_loss(inputs, targets, getattr(engine.network, "module", engine.network))
+        engine.state.output.update({Keys.LOSS: loss.detach(), **extras})
+        engine.fire_event(IterationEvents.LOSS_COMPLETED)
+        loss.backward()
+        engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+        engine.optimizer.step()
+        engine.fire_event(IterationEvents.MODEL_COMPLETED)
+        return engine.state.output
 
 
-def _gather(points: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
-    """Select ``index`` ``[B, n]`` along dim 1 of ``points`` ``[B, N, ...]``."""
-    if index is None:
-        return points
-    return torch.gather(
-        points, 1, index.view(*index.shape, *([1] * (points.dim() - 2))).expand(-1, -1, *points.shape[2:])
-    )
-
-
-class MetaSegTrainer(SupervisedTrainer):
+class MetaSegTrainer(PointLossTrainer):
     """Second-order MAML over images and label maps, as a MONAI ``SupervisedTrainer``.
 
     Each iteration takes a batch of images and labels, copies the current initialisation once per image, runs
@@ -83,48 +99,31 @@ class MetaSegTrainer(SupervisedTrainer):
         self.num_points = num_points
         self.betas = (float(betas[0]), float(betas[1]))
 
-    def _iteration(self, engine: MetaSegTrainer, batchdata: dict[str, torch.Tensor]) -> dict:
-        if batchdata is None:
-            raise ValueError("Must provide batch data for current iteration.")
-        inputs, targets = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)[
-            :2
-        ]
-        net: MetaSegINR = getattr(engine.network, "module", engine.network)
-        engine.state.output = {Keys.IMAGE: inputs, Keys.LABEL: targets}
-        engine.network.train()
-        engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
-
-        spatial_shape = inputs.shape[2:]
+    def compute_loss(
+        self, inputs: torch.Tensor, targets: torch.Tensor, net: MetaSegINR
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Outer loss (MSE + ``seg_weight`` * segmentation loss) after the differentiable inner loop."""
         batch = inputs.shape[0]
         image = flatten_image(torch.as_tensor(inputs).float())
         label = flatten_image(torch.as_tensor(targets).long())
-        coords = coordinate_grid(spatial_shape, device=image.device).expand(batch, -1, -1)
-        index = sample_points(coords.shape[1], engine.num_points, batch, image.device)
-        coords, image, label = (_gather(t, index) for t in (coords, image, label))
+        coords = coordinate_grid(inputs.shape[2:], device=image.device).expand(batch, -1, -1)
+        index = sample_points(coords.shape[1], self.num_points, batch, image.device)
+        coords, image, label = (gather_points(t, index) for t in (coords, image, label))
 
         def losses(p: dict[str, torch.Tensor], with_seg: bool) -> tuple[torch.Tensor, torch.Tensor]:
             intensity, _, logits = net.functional_forward(coords, p, with_logits=with_seg)
             mse = F.mse_loss(intensity, image)
-            seg = engine.loss_function(logits.transpose(1, 2), label.transpose(1, 2)) if with_seg else mse.new_zeros(())
+            seg = self.loss_function(logits.transpose(1, 2), label.transpose(1, 2)) if with_seg else mse.new_zeros(())
             return mse, seg
 
         def inner_loss(p: dict[str, torch.Tensor]) -> torch.Tensor:
-            mse, seg = losses(p, with_seg=engine.inner_seg_weight != 0)
-            return mse + engine.inner_seg_weight * seg
+            mse, seg = losses(p, with_seg=self.inner_seg_weight != 0)
+            return mse + self.inner_seg_weight * seg
 
         params = batch_params(net.param_dict(), batch, detach=False)
-        trainable = (
-            list(params) if engine.inner_seg_weight != 0 else [k for k in params if k.startswith(TRUNK_PREFIXES)]
-        )
+        trainable = list(params) if self.inner_seg_weight != 0 else [k for k in params if k.startswith(TRUNK_PREFIXES)]
         adapted = adam_fit(
-            inner_loss, params, trainable, engine.inner_steps, engine.inner_lr, engine.betas, create_graph=True
+            inner_loss, params, trainable, self.inner_steps, self.inner_lr, self.betas, create_graph=True
         )
         mse, seg = losses(adapted, with_seg=True)
-        loss = mse + engine.seg_weight * seg
-        engine.state.output.update({Keys.LOSS: loss.detach(), "mse": mse.detach(), "seg_loss": seg.detach()})
-        engine.fire_event(IterationEvents.LOSS_COMPLETED)
-        loss.backward()
-        engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
-        engine.optimizer.step()
-        engine.fire_event(IterationEvents.MODEL_COMPLETED)
-        return engine.state.output
+        return mse + self.seg_weight * seg, {"mse": mse.detach(), "seg_loss": seg.detach()}

@@ -9,7 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_NET, run_bundle
+from conftest import REPO_ROOT, TINY_NET, run_bundle
 
 from scripts.network import MetaSegINR
 
@@ -114,3 +114,23 @@ def test_prepare_data_run_id_generates_the_demo_layout(tmp_path):
     splits = json.loads((demo / "demo_splits.json").read_text())
     assert {k: len(v) for k, v in splits.items()} == {"train": 80, "val": 20, "test": 20}
     assert (demo / "OASIS_OAS1_0001_MR1" / "slice_norm.nii.gz").is_file()
+
+
+@pytest.mark.parametrize("config,workflow_type", [("configs/train.json", "train"), ("configs/inference.json", "infer")])
+def test_configs_have_the_model_zoo_workflow_properties(config, workflow_type, tiny_dataset, tmp_path):
+    from monai.bundle import ConfigWorkflow
+
+    dataset_dir, splits = tiny_dataset
+    workflow = ConfigWorkflow(
+        config_file=str(REPO_ROOT / config),
+        meta_file=str(REPO_ROOT / "configs" / "metadata.json"),
+        workflow_type=workflow_type,
+        logging_file=None,
+        bundle_root=str(REPO_ROOT),
+        dataset_dir=str(dataset_dir),
+        splits_file=str(splits),
+        ckpt_dir=str(tmp_path / "models"),
+        output_dir=str(tmp_path / "eval"),
+    )
+    workflow.initialize()
+    assert workflow.check_properties() == []
