@@ -10,6 +10,8 @@ __all__ = ["LABEL_KEYS", "load_datalist", "image_datalist"]
 
 # splits-file entry key of the label map for each supported number of classes (background included)
 LABEL_KEYS = {5: "seg4", 25: "seg24"}
+# file names inside a neurite-oasis subject folder (2D), for splits that list subject folder names only
+SUBJECT_FILES_2D = {"img": "slice_norm.nii.gz", "seg4": "slice_seg4.nii.gz", "seg24": "slice_seg24.nii.gz"}
 
 
 def _read_splits(splits_file: str) -> dict:
@@ -38,7 +40,9 @@ def load_datalist(
 
     Args:
         dataset_dir: dataset root; split entries are relative to it.
-        splits_file: JSON ``{"train": [{"img": ..., "seg4": ..., "seg24": ...}, ...], "val": [...], "test": [...]}``.
+        splits_file: JSON ``{"train": [...], "val": [...], "test": [...]}``; each entry is either a dict of paths
+            relative to ``dataset_dir`` (``{"img": ..., "seg4": ..., "seg24": ...}``, the MetaSeg authors' format) or a
+            subject folder name, which stands for that folder's ``slice_norm``/``slice_seg4``/``slice_seg24`` files.
         split: which split to read.
         num_classes: 5 reads ``seg4`` labels, 25 reads ``seg24``.
         image_key: entry key of the image path.
@@ -64,6 +68,8 @@ def load_datalist(
         raise ValueError(f"{splits_file}: split '{split}' is empty.")
     datalist = []
     for i, entry in enumerate(entries):
+        if isinstance(entry, str):
+            entry = {key: f"{entry}/{name}" for key, name in SUBJECT_FILES_2D.items()}
         keys = {"image": image_key, "label": label_key} if label_key else {"image": image_key}
         for key in keys.values():
             if key not in entry:

@@ -34,14 +34,16 @@ def fake_oasis(tmp_path) -> tuple[Path, Path]:
             {k: f"{subject}/slice_{v}.nii.gz" for k, v in (("img", "norm"), ("seg4", "seg4"), ("seg24", "seg24"))}
         )
     splits = tmp_path / "splits.json"
-    splits.write_text(json.dumps({"train": entries[:1], "val": entries[1:2], "test": entries[2:]}))
+    # the authors' format (dicts of paths) and the shipped one (subject folder names) may be mixed
+    splits.write_text(json.dumps({"train": entries[:1], "val": ["OASIS_OAS1_0344_MR1"], "test": entries[2:]}))
     return root, splits
 
 
 def test_authors_split_file_is_shipped():
     splits = json.loads(Path("configs/oasis_splits.json").read_text())
     assert {k: len(v) for k, v in splits.items()} == {"train": 214, "val": 100, "test": 100}
-    assert set(splits["train"][0]) == {"img", "seg4", "seg24"}
+    assert splits["train"][0] == "OASIS_OAS1_0092_MR1"
+    assert len(set(sum(splits.values(), []))) == 414
 
 
 @pytest.mark.parametrize("num_classes,label", [(5, "slice_seg4.nii.gz"), (25, "slice_seg24.nii.gz")])
