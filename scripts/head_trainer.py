@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from monai.utils import convert_to_tensor
 
 from .fitting import coordinate_grid, flatten_image, gather_points, sample_points
 from .inferer import FitResult, MetaSegInferer
@@ -78,7 +79,7 @@ class HeadFineTuneTrainer(PointLossTrainer):
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Segmentation loss of the head on the (cached) fitted features of a random subset of points."""
         fit = self._fitted_params(inputs, net)
-        label = flatten_image(torch.as_tensor(targets).long())
+        label = flatten_image(convert_to_tensor(targets, track_meta=False).long())
         index = sample_points(fit.coords.shape[1], self.num_points, inputs.shape[0], inputs.device)
         with torch.no_grad():
             _, features, _ = net.functional_forward(gather_points(fit.coords, index), fit.params, with_logits=False)

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from monai.data import MetaTensor
 from monai.inferers import Inferer
-from monai.utils import convert_to_dst_type
+from monai.utils import convert_to_dst_type, convert_to_tensor
 from torch.nn import functional as F
 
 from .fitting import adam_fit, batch_params, coordinate_grid, flatten_image, unflatten_points
@@ -68,7 +68,7 @@ class MetaSegInferer(Inferer):
         if inputs.shape[1] != net.out_channels:
             raise ValueError(f"expected {net.out_channels} image channel(s), got {inputs.shape[1]}.")
         spatial_shape = tuple(int(s) for s in inputs.shape[2:])
-        target = flatten_image(torch.as_tensor(inputs).float())
+        target = flatten_image(convert_to_tensor(inputs, track_meta=False).float())
         coords = coordinate_grid(spatial_shape, device=target.device).expand(target.shape[0], -1, -1)
         with torch.enable_grad():
             params = batch_params(net.param_dict(), target.shape[0], detach=True)

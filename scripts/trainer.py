@@ -9,6 +9,7 @@ import torch
 from monai.engines import SupervisedTrainer
 from monai.engines.utils import IterationEvents
 from monai.utils import CommonKeys as Keys
+from monai.utils import convert_to_tensor
 from torch.nn import functional as F
 
 from .fitting import adam_fit, batch_params, coordinate_grid, flatten_image, gather_points, sample_points
@@ -23,7 +24,16 @@ class PointLossTrainer(SupervisedTrainer):
     Subclasses implement ``compute_loss(inputs, targets, net) -> (loss, extra outputs)``; this class prepares the
     batch, runs backward and the optimizer step, fills ``engine.state.output`` (``image``, ``label``, ``loss`` and the
     extras) and fires MONAI's iteration events, like ``SupervisedTrainer`` does.
+
+    Args:
+        grad_clip_norm: clip the gradient norm of the optimised parameters to this value before each step
+            (``None``: no clipping). Second-order MAML through Adam has rare, very large meta-gradients.
+        args, kwargs: those of ``monai.engines.SupervisedTrainer``.
     """
+
+    def __init__(self, *args: Any, grad_clip_norm: float | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.grad_clip_norm = grad_clip_norm
 
     def compute_loss(
         self, inputs: torch.Tensor, targets: torch.Tensor, net: MetaSegINR
@@ -44,6 +54,9 @@ class PointLossTrainer(SupervisedTrainer):
         engine.fire_event(IterationEvents.LOSS_COMPLETED)
         loss.backward()
         engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+        if engine.grad_clip_norm is not None:
+            params = [p for group in engine.optimizer.param_groups for p in group["params"]]
+            engine.state.output["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, engine.grad_clip_norm)
         engine.optimizer.step()
         engine.fire_event(IterationEvents.MODEL_COMPLETED)
         return engine.state.output
@@ -104,8 +117,8 @@ class MetaSegTrainer(PointLossTrainer):
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Outer loss (MSE + ``seg_weight`` * segmentation loss) after the differentiable inner loop."""
         batch = inputs.shape[0]
-        image = flatten_image(torch.as_tensor(inputs).float())
-        label = flatten_image(torch.as_tensor(targets).long())
+        image = flatten_image(convert_to_tensor(inputs, track_meta=False).float())
+        label = flatten_image(convert_to_tensor(targets, track_meta=False).long())
         coords = coordinate_grid(inputs.shape[2:], device=image.device).expand(batch, -1, -1)
         index = sample_points(coords.shape[1], self.num_points, batch, image.device)
         coords, image, label = (gather_points(t, index) for t in (coords, image, label))

@@ -102,6 +102,7 @@ def test_evaluation_writes_metrics(trained):
     assert summary["num_images"] == 2
     assert set(summary["dice_per_class"]) == {"cortex", "subcortical_gm", "white_matter", "csf"}
     assert 0.0 <= summary["metrics"]["mean_dice"] <= 1.0
+    assert 0.0 <= summary["metrics"]["mean_dice_with_background"] <= 1.0
     assert summary["metrics"]["psnr"] > 0
     assert summary["fit_steps"] == 2 and summary["seconds_per_image"] > 0
     assert (out / "mean_dice_raw.csv").is_file() and (out / "metrics.csv").is_file()

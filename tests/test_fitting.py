@@ -124,8 +124,10 @@ def test_meta_training_step_lowers_outer_loss():
         inner_steps=2,
         inner_lr=1e-2,
         num_points=32,
+        grad_clip_norm=10.0,
     )
     losses = []
     trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: losses.append(float(e.state.output[0]["loss"])))
     trainer.run()
     assert sum(losses[-5:]) < 0.7 * sum(losses[:5])
+    assert float(trainer.state.output[0]["grad_norm"]) > 0
