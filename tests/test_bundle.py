@@ -109,12 +109,40 @@ def test_evaluation_writes_metrics(trained):
     assert "mean_dice" in proc.stdout + proc.stderr
 
 
-def test_prepare_data_run_id_generates_the_demo_layout(tmp_path):
-    demo = tmp_path / "demo"
+@pytest.fixture(scope="module")
+def default_demo(tmp_path_factory) -> Path:
+    """The default demo dataset, generated through the bundle's ``prepare_data`` run id."""
+    demo = tmp_path_factory.mktemp("default") / "demo"
     run_bundle("run", "prepare_data", "--config_file", "configs/train.json", "--demo_dir", str(demo))
-    splits = json.loads((demo / "demo_splits.json").read_text())
+    return demo
+
+
+def test_prepare_data_run_id_generates_the_demo_layout(default_demo):
+    splits = json.loads((default_demo / "demo_splits.json").read_text())
     assert {k: len(v) for k, v in splits.items()} == {"train": 80, "val": 20, "test": 20}
-    assert (demo / "OASIS_OAS1_0001_MR1" / "slice_norm.nii.gz").is_file()
+    assert (default_demo / "OASIS_OAS1_0001_MR1" / "slice_norm.nii.gz").is_file()
+
+
+def test_shipped_model_keeps_its_measured_dice(default_demo, tmp_path):
+    """models/model.pt on the demo test split: 0.672 mean foreground Dice when shipped (docs/README.md)."""
+    state = torch.load(REPO_ROOT / "models" / "model.pt", weights_only=True)
+    MetaSegINR().load_state_dict(state)
+    out = tmp_path / "eval"
+    run_bundle(
+        "run",
+        "evaluating",
+        "--config_file",
+        EVAL,
+        "--dataset_dir",
+        str(default_demo),
+        "--splits_file",
+        str(default_demo / "demo_splits.json"),
+        "--output_dir",
+        str(out),
+    )
+    summary = json.loads((out / "metrics_summary.json").read_text())
+    assert summary["num_images"] == 20
+    assert summary["metrics"]["mean_dice"] >= 0.66, summary
 
 
 @pytest.mark.parametrize("config,workflow_type", [("configs/train.json", "train"), ("configs/inference.json", "infer")])
