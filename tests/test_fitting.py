@@ -24,22 +24,31 @@ def test_grid_and_flatten_roundtrip():
     assert torch.equal(unflatten_points(flatten_image(img), (3, 4)), img)
 
 
-def _meta_loss(net: MetaSegINR, params: dict, coords, image, label, steps=2, lr=1e-2):
-    """Outer loss after an inner Adam loop on MSE + cross-entropy, differentiable w.r.t. ``params``."""
+def _joint_loss(net: MetaSegINR, coords, image, label):
+    """MSE + cross-entropy of ``net`` evaluated with a parameter dict, as a closure over one tiny sample."""
 
     def loss(p):
         intensity, _, logits = net.functional_forward(coords, p)
         return F.mse_loss(intensity, image) + F.cross_entropy(logits.transpose(1, 2), label)
 
+    return loss
+
+
+def _tiny_sample():
+    coords = coordinate_grid((6, 6)).double()[None]
+    return coords, torch.rand(1, 36, 1, dtype=torch.float64), torch.randint(0, 3, (1, 36))
+
+
+def _meta_loss(net: MetaSegINR, params: dict, coords, image, label, steps=2, lr=1e-2):
+    """Outer loss after an inner Adam loop on MSE + cross-entropy, differentiable w.r.t. ``params``."""
+    loss = _joint_loss(net, coords, image, label)
     adapted = adam_fit(loss, batch_params(params, 1, detach=False), list(params), steps, lr, create_graph=True)
     return loss(adapted)
 
 
 def test_second_order_gradient_matches_finite_differences():
     net = _tiny_net(torch.float64)
-    coords = coordinate_grid((6, 6)).double()[None]
-    image = torch.rand(1, 36, 1, dtype=torch.float64)
-    label = torch.randint(0, 3, (1, 36))
+    coords, image, label = _tiny_sample()
     params = {k: v.detach().clone().requires_grad_(True) for k, v in net.param_dict().items()}
     outer = _meta_loss(net, params, coords, image, label)
     grads = dict(zip(params, torch.autograd.grad(outer, list(params.values()))))
@@ -61,16 +70,10 @@ def test_second_order_gradient_matches_finite_differences():
 def test_second_order_differs_from_first_order():
     """Gradients through the inner loop are not what a first-order (detached) inner loop would give."""
     net = _tiny_net(torch.float64)
-    coords = coordinate_grid((6, 6)).double()[None]
-    image = torch.rand(1, 36, 1, dtype=torch.float64)
-    label = torch.randint(0, 3, (1, 36))
+    coords, image, label = _tiny_sample()
     params = {k: v.detach().clone().requires_grad_(True) for k, v in net.param_dict().items()}
     second = torch.autograd.grad(_meta_loss(net, params, coords, image, label), params["trunk.0.weight"])[0]
-
-    def loss(p):
-        intensity, _, logits = net.functional_forward(coords, p)
-        return F.mse_loss(intensity, image) + F.cross_entropy(logits.transpose(1, 2), label)
-
+    loss = _joint_loss(net, coords, image, label)
     adapted = adam_fit(loss, batch_params(params, 1, detach=True), list(params), 2, 1e-2)
     first = torch.autograd.grad(loss(adapted), adapted["trunk.0.weight"])[0][0]
     assert not torch.allclose(first, second, rtol=1e-3, atol=1e-8)
