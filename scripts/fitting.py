@@ -8,6 +8,7 @@ import torch
 
 __all__ = [
     "coordinate_grid",
+    "batch_coordinate_grid",
     "flatten_image",
     "unflatten_points",
     "sample_points",
@@ -21,6 +22,11 @@ def coordinate_grid(spatial_shape: Sequence[int], device: torch.device | str | N
     """Pixel/voxel centres of a grid of ``spatial_shape`` as ``[N, D]`` coordinates in ``[-1, 1]`` (``ij`` order)."""
     axes = [torch.linspace(-1.0, 1.0, int(s), device=device) for s in spatial_shape]
     return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, len(spatial_shape))
+
+
+def batch_coordinate_grid(image: torch.Tensor) -> torch.Tensor:
+    """:func:`coordinate_grid` of the spatial shape of ``image`` ``[B, C, *spatial]``, as a view per sample."""
+    return coordinate_grid(image.shape[2:], device=image.device).expand(image.shape[0], -1, -1)
 
 
 def flatten_image(image: torch.Tensor) -> torch.Tensor:

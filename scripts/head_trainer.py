@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from monai.utils import convert_to_tensor
 
-from .fitting import coordinate_grid, flatten_image, gather_points, sample_points
+from .fitting import batch_coordinate_grid, flatten_image, gather_points, sample_points
 from .inferer import FitResult, MetaSegInferer
 from .network import HEAD_PREFIX, MetaSegINR
 from .trainer import PointLossTrainer
@@ -71,7 +71,7 @@ class HeadFineTuneTrainer(PointLossTrainer):
             return fit
         params = {k: torch.stack([self._fit_cache[n][k] for n in names]) for k in self._fit_cache[names[0]]}
         spatial_shape = tuple(int(s) for s in inputs.shape[2:])
-        coords = coordinate_grid(spatial_shape, device=inputs.device).expand(inputs.shape[0], -1, -1)
+        coords = batch_coordinate_grid(inputs)
         return FitResult(params=params, coords=coords, spatial_shape=spatial_shape)
 
     def compute_loss(

@@ -11,7 +11,7 @@ from monai.inferers import Inferer
 from monai.utils import convert_to_dst_type, convert_to_tensor
 from torch.nn import functional as F
 
-from .fitting import adam_fit, batch_params, coordinate_grid, flatten_image, unflatten_points
+from .fitting import adam_fit, batch_coordinate_grid, batch_params, flatten_image, unflatten_points
 from .network import TRUNK_PREFIXES, MetaSegINR
 
 __all__ = ["FitResult", "MetaSegInferer"]
@@ -69,7 +69,7 @@ class MetaSegInferer(Inferer):
             raise ValueError(f"expected {net.out_channels} image channel(s), got {inputs.shape[1]}.")
         spatial_shape = tuple(int(s) for s in inputs.shape[2:])
         target = flatten_image(convert_to_tensor(inputs, track_meta=False).float())
-        coords = coordinate_grid(spatial_shape, device=target.device).expand(target.shape[0], -1, -1)
+        coords = batch_coordinate_grid(inputs)
         with torch.enable_grad():
             params = batch_params(net.param_dict(), target.shape[0], detach=True)
             trunk = [k for k in params if k.startswith(TRUNK_PREFIXES)]

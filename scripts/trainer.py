@@ -12,7 +12,7 @@ from monai.utils import CommonKeys as Keys
 from monai.utils import convert_to_tensor
 from torch.nn import functional as F
 
-from .fitting import adam_fit, batch_params, coordinate_grid, flatten_image, gather_points, sample_points
+from .fitting import adam_fit, batch_coordinate_grid, batch_params, flatten_image, gather_points, sample_points
 from .network import TRUNK_PREFIXES, MetaSegINR
 
 __all__ = ["PointLossTrainer", "MetaSegTrainer"]
@@ -119,7 +119,7 @@ class MetaSegTrainer(PointLossTrainer):
         batch = inputs.shape[0]
         image = flatten_image(convert_to_tensor(inputs, track_meta=False).float())
         label = flatten_image(convert_to_tensor(targets, track_meta=False).long())
-        coords = coordinate_grid(inputs.shape[2:], device=image.device).expand(batch, -1, -1)
+        coords = batch_coordinate_grid(inputs)
         index = sample_points(coords.shape[1], self.num_points, batch, image.device)
         coords, image, label = (gather_points(t, index) for t in (coords, image, label))
 
