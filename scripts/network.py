@@ -41,6 +41,10 @@ class MetaSegINR(nn.Module):
         num_classes: number of segmentation classes, background included.
         head_channels: width of the head's hidden layer.
         out_channels: number of regressed intensity channels.
+        learned_fit_lr: ``None`` (the fit uses one learning rate), ``"layer"`` (a learned learning-rate factor per
+            trunk tensor) or ``"element"`` (one per trunk weight, as in Meta-SGD, Li et al. 2017). The factors are
+            meta-learned with the initialisation, stored as ``fit_lr_scale.*`` (log scale) in the state dict, and
+            multiply the configured fit learning rate, see :meth:`fit_lr`.
     """
 
     def __init__(
@@ -52,6 +56,7 @@ class MetaSegINR(nn.Module):
         num_classes: int = 5,
         head_channels: int = 128,
         out_channels: int = 1,
+        learned_fit_lr: str | None = None,
     ) -> None:
         super().__init__()
         if spatial_dims not in (2, 3):
@@ -70,6 +75,17 @@ class MetaSegINR(nn.Module):
         self.head = nn.Sequential(
             nn.Linear(hidden_channels, head_channels), nn.LeakyReLU(), nn.Linear(head_channels, num_classes)
         )
+        if learned_fit_lr not in (None, "layer", "element"):
+            raise ValueError(f"learned_fit_lr must be None, 'layer' or 'element', got {learned_fit_lr!r}.")
+        self.learned_fit_lr = learned_fit_lr
+        self.fit_lr_scale = nn.ParameterDict()  # trunk parameter name (dots as underscores) -> log lr factor
+        self._fit_lr_names: dict[str, str] = {}
+        if learned_fit_lr is not None:
+            for name, p in self.named_parameters():
+                if name.startswith(TRUNK_PREFIXES):
+                    key = name.replace(".", "_")
+                    self.fit_lr_scale[key] = nn.Parameter(torch.zeros(p.shape if learned_fit_lr == "element" else ()))
+                    self._fit_lr_names[key] = name
         self.reset_parameters()
 
     @torch.no_grad()
@@ -83,8 +99,14 @@ class MetaSegINR(nn.Module):
         self.intensity.weight.uniform_(-bound, bound)
 
     def param_dict(self) -> dict[str, torch.Tensor]:
-        """The network's parameters by name, the format :meth:`functional_forward` takes."""
-        return dict(self.named_parameters())
+        """The network's weights by name (learned fit learning rates excluded), as :meth:`functional_forward` takes."""
+        return {k: v for k, v in self.named_parameters() if not k.startswith("fit_lr_scale.")}
+
+    def fit_lr(self, base_lr: float) -> float | dict[str, torch.Tensor]:
+        """Learning rates of the trunk fit: ``base_lr``, or ``base_lr * exp(scale)`` per trunk tensor when learned."""
+        if self.learned_fit_lr is None:
+            return base_lr
+        return {self._fit_lr_names[k]: base_lr * torch.exp(s) for k, s in self.fit_lr_scale.items()}
 
     def functional_forward(
         self, coords: torch.Tensor, params: dict[str, torch.Tensor], with_logits: bool = True
@@ -100,8 +122,10 @@ class MetaSegINR(nn.Module):
             ``(intensity [B, N, out_channels], features [B, N, hidden], logits [B, N, C] or None)``.
         """
         x = coords
+        w0 = self.omega0
         for i in range(len(self.trunk)):
-            x = torch.sin(self.omega0 * _linear(x, params[f"trunk.{i}.weight"], params[f"trunk.{i}.bias"]))
+            # sin(w0 * (W x + b)) with w0 folded into the small W and b: one pass less over [B, N, hidden] each way
+            x = torch.sin(_linear(x, w0 * params[f"trunk.{i}.weight"], w0 * params[f"trunk.{i}.bias"]))
         intensity = _linear(x, params["intensity.weight"], params["intensity.bias"])
         logits = self.decode(x, params) if with_logits else None
         return intensity, x, logits

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from scripts.network import MetaSegINR
+from scripts.network import TRUNK_PREFIXES, MetaSegINR
 
 
 def test_reference_size_and_shapes():
@@ -38,7 +38,24 @@ def test_siren_initialisation_bounds():
     assert net.trunk[1].weight.abs().max() <= (6.0 / 128) ** 0.5 / 30.0
 
 
-@pytest.mark.parametrize("kwargs", [{"spatial_dims": 4}, {"num_classes": 1}, {"num_sine_layers": 0}])
+@pytest.mark.parametrize("mode,extra", [(None, 0), ("layer", 12), ("element", 66_561)])
+def test_learned_fit_lr_parameters(mode, extra):
+    """Meta-SGD-style learning-rate factors: stored in the state dict, excluded from the fitted weights."""
+    net = MetaSegINR(learned_fit_lr=mode)
+    assert sum(p.numel() for p in net.parameters()) == 83_718 + extra
+    assert set(net.param_dict()) == set(MetaSegINR().state_dict())
+    lr = net.fit_lr(1e-4)
+    if mode is None:
+        assert lr == 1e-4
+    else:
+        assert set(lr) == {k for k in net.param_dict() if k.startswith(TRUNK_PREFIXES)}
+        assert all(torch.allclose(v, torch.full_like(v, 1e-4)) for v in lr.values())  # factors start at 1
+        assert all(v.shape == (net.param_dict()[k].shape if mode == "element" else ()) for k, v in lr.items())
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"spatial_dims": 4}, {"num_classes": 1}, {"num_sine_layers": 0}, {"learned_fit_lr": "global"}]
+)
 def test_bad_arguments(kwargs):
     with pytest.raises(ValueError):
         MetaSegINR(**kwargs)
