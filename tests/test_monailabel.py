@@ -91,7 +91,9 @@ def server(tmp_path, tiny_dataset):
     env = {k: v for k, v in os.environ.items() if k not in {"PYTHONPATH", "VIRTUAL_ENV"}}
     env.update(PYTHONWARNINGS="ignore", OMP_NUM_THREADS="2", CUDA_VISIBLE_DEVICES="")
     with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
     try:
         base = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -122,7 +124,10 @@ def test_monailabel_serves_fit_then_decode(server, tiny_dataset, tmp_path):
     info = json.loads(_get(f"{base}/info/"))
     model = info["models"][BUNDLE_NAME]
     assert model["labels"] == {"cortex": 1, "subcortical grey matter": 2, "white matter": 3, "csf": 4}
-    assert model["dimension"] == 2 and model["version"] == json.loads((bundle / "configs/metadata.json").read_text())["version"]
+    assert (
+        model["dimension"] == 2
+        and model["version"] == json.loads((bundle / "configs/metadata.json").read_text())["version"]
+    )
 
     image_id = sorted(p.name[: -len(".nii.gz")] for p in studies.glob("*.nii.gz"))[0]
     out = tmp_path / "pred.nii.gz"

@@ -35,9 +35,7 @@ def test_schema_copy_is_the_referenced_file():
 
 
 def test_metadata_validates_against_the_zoo_schema():
-    proc = run_bundle(
-        "verify_metadata", "--meta_file", META, "--filepath", str(SCHEMA), "--hash_val", SCHEMA_MD5
-    )
+    proc = run_bundle("verify_metadata", "--meta_file", META, "--filepath", str(SCHEMA), "--hash_val", SCHEMA_MD5)
     assert "metadata is verified with no error" in proc.stdout + proc.stderr
 
 
@@ -56,7 +54,9 @@ def test_metadata_versions_are_the_pinned_requirements():
     assert metadata["monai_version"] == pins["monai"]
     assert metadata["pytorch_version"] == pins["torch"]
     assert metadata["numpy_version"] == pins["numpy"]
-    assert metadata["required_packages_version"] == {k: v for k, v in pins.items() if k not in {"monai", "torch", "numpy"}}
+    assert metadata["required_packages_version"] == {
+        k: v for k, v in pins.items() if k not in {"monai", "torch", "numpy"}
+    }
     assert metadata["version"] in metadata["changelog"]
     assert "Fit Pixels, Get Labels" in metadata["references"][0]
     assert metadata["eval_metrics"]["mean_dice"] > 0.7
