@@ -77,7 +77,8 @@ class MetaSegInferer(Inferer):
     @staticmethod
     def _unwrap(network: torch.nn.Module) -> MetaSegINR:
         net = getattr(network, "module", network)  # DataParallel / DistributedDataParallel
-        if not isinstance(net, MetaSegINR):
+        # by name too: MONAI Label reloads the bundle's `scripts` after building the network, so the class differs
+        if not (isinstance(net, MetaSegINR) or type(net).__qualname__ == MetaSegINR.__qualname__):
             raise TypeError(f"MetaSegInferer needs a MetaSegINR network, got {type(net).__name__}.")
         return net
 

@@ -1,7 +1,5 @@
 """MetaSeg implicit network: a SIREN trunk regressing intensity plus a segmentation head on its penultimate features."""
 
-from __future__ import annotations
-
 import math
 
 import torch
@@ -29,7 +27,8 @@ class MetaSegINR(nn.Module):
     applied to the trunk's penultimate features (the output of the last sine layer).
 
     ``forward(coords)`` takes coordinates ``[B, N, spatial_dims]`` in ``[-1, 1]`` and returns ``[B, N, 1 + C]``:
-    channel 0 is the intensity, channels ``1..C`` the class logits. :meth:`functional_forward` evaluates the same
+    channel 0 is the intensity, channels ``1..C`` the class logits (given an image batch instead, ``forward`` runs
+    :meth:`segment`, the bundle's fit-then-decode). :meth:`functional_forward` evaluates the same
     network with an explicit parameter dictionary whose tensors may carry a leading per-sample batch dimension, which
     is how the inner loops of meta-training and the test-time fit run many images at once.
 
@@ -136,7 +135,35 @@ class MetaSegINR(nn.Module):
         hidden = F.leaky_relu(_linear(features, p["head.0.weight"], p["head.0.bias"]))
         return _linear(hidden, p["head.2.weight"], p["head.2.bias"])
 
-    def forward(self, coords: torch.Tensor) -> torch.Tensor:
-        """``[B, N, spatial_dims]`` coordinates -> ``[B, N, out_channels + num_classes]`` (intensity, then logits)."""
-        intensity, _, logits = self.functional_forward(coords, self.param_dict())
-        return torch.cat([intensity, logits], dim=-1)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Points or an image batch, told apart by the number of dimensions.
+
+        - coordinates ``[B, N, spatial_dims]`` -> ``[B, N, out_channels + num_classes]`` (intensity, then logits):
+          the network itself, evaluated with its stored weights. This is the only path TorchScript exports.
+        - images ``[B, out_channels, *spatial]`` -> class logits ``[B, num_classes, *spatial]``: the bundle's
+          image -> label contract (``network_data_format`` in ``configs/metadata.json``), i.e. :meth:`segment`.
+        """
+        if x.dim() != 3:
+            return self.segment(x, 2, 1e-4)  # the configs' default fit_steps, fit_lr
+        if x.shape[-1] != self.spatial_dims:
+            raise ValueError(f"MetaSegINR expects coordinates [B, N, {self.spatial_dims}], got last dim {x.shape[-1]}.")
+        h = x
+        for layer in self.trunk:
+            h = torch.sin(self.omega0 * layer(h))
+        return torch.cat([self.intensity(h), self.head(h)], dim=-1)
+
+    @torch.jit.unused
+    def segment(self, image: torch.Tensor, fit_steps: int = 2, fit_lr: float = 1e-4) -> torch.Tensor:
+        """Fit-then-decode ``image`` ``[B, out_channels, *spatial]`` -> class logits ``[B, num_classes, *spatial]``.
+
+        Delegates to :class:`scripts.inferer.MetaSegInferer` (defaults equal to the configs' ``fit_steps`` and
+        ``fit_lr``); the network's own weights are not modified. Eager mode only: fitting needs autograd.
+        """
+        if image.dim() != self.spatial_dims + 2:
+            raise ValueError(
+                f"MetaSegINR takes coordinates [B, N, {self.spatial_dims}] or images [B, {self.out_channels}, "
+                f"*spatial] with {self.spatial_dims} spatial dims, got a tensor of shape {tuple(image.shape)}."
+            )
+        from .inferer import MetaSegInferer  # local import: the inferer module imports this one
+
+        return MetaSegInferer(fit_steps=fit_steps, fit_lr=fit_lr)(image, self)

@@ -190,3 +190,18 @@ def test_missing_splits_entry_key(tmp_path, tiny_dataset, model_dir):
     data = _copy_dataset(tiny_dataset[0], tmp_path / "data")
     proc = _eval(tmp_path, data, model_dir, "--num_classes", "25")  # seg24 is not part of the demo data
     assert "has no 'seg24' path" in proc.stderr
+
+
+def test_loader_keeps_working_with_image_only_switched_off(tiny_dataset):
+    """MONAI Label sets ``_loader.image_only = False`` on every ``LoadImaged`` of a bundle's preprocessing."""
+    from monai.data import MetaTensor
+
+    from scripts.transforms import LoadImageCheckedd
+
+    dataset_dir, _ = tiny_dataset
+    path = str(sorted(dataset_dir.glob("*/slice_norm.nii.gz"))[0])
+    loader = LoadImageCheckedd(keys="image")
+    loader._loader.image_only = False
+    out = loader({"image": path})
+    assert isinstance(out["image"], MetaTensor) and out["image"].shape == (160, 192)
+    assert out["image_meta_dict"]["filename_or_obj"] == path

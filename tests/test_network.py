@@ -59,3 +59,27 @@ def test_learned_fit_lr_parameters(mode, extra):
 def test_bad_arguments(kwargs):
     with pytest.raises(ValueError):
         MetaSegINR(**kwargs)
+
+
+def test_torchscript_matches_eager_on_coordinates():
+    torch.manual_seed(0)
+    net = MetaSegINR(hidden_channels=32, num_sine_layers=3, head_channels=16)
+    scripted = torch.jit.script(net)
+    coords = torch.rand(2, 40, 2) * 2 - 1
+    torch.testing.assert_close(scripted(coords), net(coords), rtol=0, atol=0)
+    with pytest.raises(Exception, match="coordinates"):
+        scripted(torch.rand(1, 40, 3))
+
+
+def test_image_forward_is_the_fit_then_decode_contract():
+    from scripts.inferer import MetaSegInferer
+
+    torch.manual_seed(0)
+    net = MetaSegINR(hidden_channels=32, num_sine_layers=2, head_channels=16)
+    image = torch.rand(1, 1, 12, 10)
+    with torch.no_grad():
+        logits = net(image)
+    assert logits.shape == (1, 5, 12, 10)
+    torch.testing.assert_close(logits, MetaSegInferer(fit_steps=2, fit_lr=1e-4)(image, net))
+    with pytest.raises(ValueError, match="coordinates"):
+        net(torch.rand(1, 1, 12, 10, 4))
