@@ -68,7 +68,9 @@ def run_setting(
             tag = "test" if steps is None else f"test_fit{steps}"
             net_overrides = _network_overrides(overrides)
             if steps is not None:
-                net_overrides = [x for k, v in zip(net_overrides[::2], net_overrides[1::2]) if k != "--fit_steps" for x in (k, v)]
+                net_overrides = [
+                    x for k, v in zip(net_overrides[::2], net_overrides[1::2]) if k != "--fit_steps" for x in (k, v)
+                ]
                 net_overrides += ["--fit_steps", str(steps)]
             _bundle(
                 ["run", "evaluating", "--config_file", "['configs/inference.json','configs/evaluate.json']"]
@@ -103,8 +105,7 @@ def main() -> None:
     args.work_dir.mkdir(parents=True, exist_ok=True)
     with ThreadPoolExecutor(max_workers=args.parallel) as pool:
         futures = [
-            pool.submit(run_setting, n, o, args.work_dir, steps, args.run_id, init)
-            for n, (o, init) in settings.items()
+            pool.submit(run_setting, n, o, args.work_dir, steps, args.run_id, init) for n, (o, init) in settings.items()
         ]
         results = [f.result() for f in futures]
     (args.work_dir / "sweep_results.json").write_text(json.dumps(results, indent=2))

@@ -55,10 +55,10 @@ class MetaSegInferer(Inferer):
 
     def __init__(
         self,
-        fit_steps: int = 2,
+        fit_steps: int = 20,
         fit_lr: float = 1e-4,
         betas: tuple[float, float] = (0.9, 0.999),
-        fit_points: int | None = None,
+        fit_points: int | None = 8192,
         seed: int = 0,
         decode_chunk: int | None = 65536,
     ) -> None:

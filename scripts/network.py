@@ -144,7 +144,7 @@ class MetaSegINR(nn.Module):
           image -> label contract (``network_data_format`` in ``configs/metadata.json``), i.e. :meth:`segment`.
         """
         if x.dim() != 3:
-            return self.segment(x, 2, 1e-4)  # the configs' default fit_steps, fit_lr
+            return self.segment(x)
         if x.shape[-1] != self.spatial_dims:
             raise ValueError(f"MetaSegINR expects coordinates [B, N, {self.spatial_dims}], got last dim {x.shape[-1]}.")
         h = x
@@ -153,11 +153,11 @@ class MetaSegINR(nn.Module):
         return torch.cat([self.intensity(h), self.head(h)], dim=-1)
 
     @torch.jit.unused
-    def segment(self, image: torch.Tensor, fit_steps: int = 2, fit_lr: float = 1e-4) -> torch.Tensor:
+    def segment(self, image: torch.Tensor) -> torch.Tensor:
         """Fit-then-decode ``image`` ``[B, out_channels, *spatial]`` -> class logits ``[B, num_classes, *spatial]``.
 
-        Delegates to :class:`scripts.inferer.MetaSegInferer` (defaults equal to the configs' ``fit_steps`` and
-        ``fit_lr``); the network's own weights are not modified. Eager mode only: fitting needs autograd.
+        Delegates to :class:`scripts.inferer.MetaSegInferer` with its default fit settings (those of the configs);
+        the network's own weights are not modified. Eager mode only: fitting needs autograd.
         """
         if image.dim() != self.spatial_dims + 2:
             raise ValueError(
@@ -166,4 +166,4 @@ class MetaSegINR(nn.Module):
             )
         from .inferer import MetaSegInferer  # local import: the inferer module imports this one
 
-        return MetaSegInferer(fit_steps=fit_steps, fit_lr=fit_lr)(image, self)
+        return MetaSegInferer()(image, self)

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from conftest import REPO_ROOT
 
 from scripts.network import TRUNK_PREFIXES, MetaSegINR
 
@@ -71,6 +72,20 @@ def test_torchscript_matches_eager_on_coordinates():
         scripted(torch.rand(1, 40, 3))
 
 
+def test_inferer_defaults_are_the_configs_fit_settings():
+    """``network(image)`` (MetaSegInferer's defaults) and the bundle configs fit images the same way."""
+    import json
+    from inspect import signature
+
+    from scripts.inferer import MetaSegInferer
+
+    defaults = signature(MetaSegInferer).parameters
+    for config in ("configs/train.json", "configs/inference.json"):
+        cfg = json.loads((REPO_ROOT / config).read_text())
+        for key in ("fit_steps", "fit_lr", "fit_points"):
+            assert cfg[key] == defaults[key].default, (config, key)
+
+
 def test_image_forward_is_the_fit_then_decode_contract():
     from scripts.inferer import MetaSegInferer
 
@@ -80,6 +95,6 @@ def test_image_forward_is_the_fit_then_decode_contract():
     with torch.no_grad():
         logits = net(image)
     assert logits.shape == (1, 5, 12, 10)
-    torch.testing.assert_close(logits, MetaSegInferer(fit_steps=2, fit_lr=1e-4)(image, net))
+    torch.testing.assert_close(logits, MetaSegInferer()(image, net))
     with pytest.raises(ValueError, match="coordinates"):
         net(torch.rand(1, 1, 12, 10, 4))
