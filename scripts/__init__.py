@@ -1,8 +1,24 @@
 """MetaSeg bundle scripts: network, fitting, engines, inferer, data and I/O helpers."""
 
-from . import data, demo_data, evaluator, fitting, handlers, head_trainer, inferer, io, network, trainer, transforms
+from . import (
+    checkpoint,
+    data,
+    demo_data,
+    evaluator,
+    fitting,
+    handlers,
+    head_trainer,
+    inferer,
+    io,
+    network,
+    overrides,
+    resume,
+    trainer,
+    transforms,
+)
 
 __all__ = [
+    "checkpoint",
     "data",
     "demo_data",
     "evaluator",
@@ -12,6 +28,8 @@ __all__ = [
     "inferer",
     "io",
     "network",
+    "overrides",
+    "resume",
     "trainer",
     "transforms",
 ]
