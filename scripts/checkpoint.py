@@ -16,7 +16,7 @@ __all__ = ["read_checkpoint", "architecture_of", "check_state_dict", "load_netwo
 
 
 def read_checkpoint(path: str, map_location: Any = None) -> Mapping[str, Any]:
-    """``torch.load(path, weights_only=True)`` with errors naming ``path``: missing, empty, truncated or unsafe files."""
+    """``torch.load(path, weights_only=True)`` with errors naming ``path``: missing, empty, truncated, unsafe files."""
     path = str(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint not found: {path} (train first, or point --ckpt_dir at the weights).")

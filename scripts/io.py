@@ -188,4 +188,3 @@ def check_writable_dir(path: str, what: str = "output_dir") -> str:
     except OSError as e:
         raise PermissionError(f"{what} is not writable: {path} ({type(e).__name__}: {e.strerror or e}).") from e
     return path
-

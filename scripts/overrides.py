@@ -115,7 +115,8 @@ def check_cli_overrides(enabled: bool = True, argv: Sequence[str] | None = None)
     unknown = unknown_overrides(overrides, ConfigParser.load_config_files(config_file))
     if unknown:
         lines = [
-            f"--{k}: no such id in {config_file}" + (f" (did you mean {', '.join('--' + m for m in near)}?)" if near else "")
+            f"--{k}: no such id in {config_file}"
+            + (f" (did you mean {', '.join('--' + m for m in near)}?)" if near else "")
             for k, near in unknown.items()
         ]
         raise ValueError(

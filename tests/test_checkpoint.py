@@ -110,7 +110,9 @@ def test_unknown_overrides_with_suggestions():
     }
 
 
-@pytest.mark.parametrize("value,expected", [(True, True), ("true", True), ("False", False), ("false", False), (0, False)])
+@pytest.mark.parametrize(
+    "value,expected", [(True, True), ("true", True), ("False", False), ("false", False), (0, False)]
+)
 def test_as_bool(value, expected):
     assert as_bool(value, "resume") is expected
 
