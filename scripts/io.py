@@ -134,15 +134,11 @@ class AtomicCheckpointSaver(CheckpointSaver):
 
     def __init__(self, *args: Any, interval_filename: str | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        fixed = {
-            "_final_checkpoint": self._final_filename,
-            "_key_metric_checkpoint": kwargs.get("key_metric_filename"),
-            "_interval_checkpoint": interval_filename,
-        }
-        for attr, filename in fixed.items():
-            checkpoint = getattr(self, attr)
-            if checkpoint is not None:
-                checkpoint.save_handler = AtomicDiskSaver(self.save_dir, filename=filename)
+        for checkpoint in (self._final_checkpoint, self._key_metric_checkpoint):
+            if checkpoint is not None:  # MONAI's _DiskSaver keeps the fixed file name (or None) as `filename`
+                checkpoint.save_handler = AtomicDiskSaver(self.save_dir, filename=checkpoint.save_handler.filename)
+        if self._interval_checkpoint is not None:
+            self._interval_checkpoint.save_handler = AtomicDiskSaver(self.save_dir, filename=interval_filename)
         self.interval_filename = interval_filename
 
     def state_dict(self) -> dict:
