@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
@@ -39,11 +39,17 @@ def unflatten_points(points: torch.Tensor, spatial_shape: Sequence[int]) -> torc
     return points.transpose(1, 2).reshape(points.shape[0], points.shape[2], *spatial_shape)
 
 
-def sample_points(num_total: int, num_points: int | None, batch_size: int, device: torch.device) -> torch.Tensor | None:
+def sample_points(
+    num_total: int,
+    num_points: int | None,
+    batch_size: int,
+    device: torch.device,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor | None:
     """Per-sample random subsets of point indices ``[B, num_points]``, or ``None`` to use every point."""
     if num_points is None or num_points <= 0 or num_points >= num_total:
         return None
-    return torch.rand(batch_size, num_total, device=device).argsort(dim=1)[:, :num_points]
+    return torch.rand(batch_size, num_total, device=device, generator=generator).argsort(dim=1)[:, :num_points]
 
 
 def gather_points(points: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
@@ -72,7 +78,7 @@ def adam_fit(
     params: dict[str, torch.Tensor],
     trainable: Sequence[str],
     steps: int,
-    lr: float,
+    lr: float | Mapping[str, torch.Tensor],
     betas: tuple[float, float] = (0.9, 0.999),
     eps: float = 1e-8,
     create_graph: bool = False,
@@ -84,6 +90,8 @@ def adam_fit(
     Adam's moments are elementwise, so parameters with a leading batch dimension fit every sample independently
     as long as ``loss_fn`` sums (or averages) per-sample losses. The denominator is ``sqrt(v_hat + eps^2)``, which
     equals Adam's ``sqrt(v_hat) + eps`` to within ``eps`` and keeps second derivatives finite where a gradient is 0.
+    ``lr`` is one learning rate, or one per trainable name (tensors broadcasting against that parameter, which may be
+    learned: the result is differentiable w.r.t. them when ``create_graph=True``).
     """
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}.")
@@ -100,6 +108,7 @@ def adam_fit(
             v[k] = beta2 * v[k] + (1.0 - beta2) * g * g
             m_hat = m[k] / (1.0 - beta1**t)
             v_hat = v[k] / (1.0 - beta2**t)
-            updated = params[k] - lr * m_hat / torch.sqrt(v_hat + eps * eps)
+            step_lr = lr[k] if isinstance(lr, Mapping) else lr
+            updated = params[k] - step_lr * m_hat / torch.sqrt(v_hat + eps * eps)
             params[k] = updated if create_graph else updated.detach().requires_grad_(True)
     return params

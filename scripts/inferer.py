@@ -11,7 +11,15 @@ from monai.inferers import Inferer
 from monai.utils import convert_to_dst_type, convert_to_tensor
 from torch.nn import functional as F
 
-from .fitting import adam_fit, batch_coordinate_grid, batch_params, flatten_image, unflatten_points
+from .fitting import (
+    adam_fit,
+    batch_coordinate_grid,
+    batch_params,
+    flatten_image,
+    gather_points,
+    sample_points,
+    unflatten_points,
+)
 from .network import TRUNK_PREFIXES, MetaSegINR
 
 __all__ = ["FitResult", "MetaSegInferer"]
@@ -38,9 +46,22 @@ class MetaSegInferer(Inferer):
         fit_steps: number of Adam steps of the test-time fit.
         fit_lr: Adam learning rate of the test-time fit.
         betas: Adam betas.
+        fit_points: number of random pixels per image that each fit step's loss uses (``None``: all pixels). The
+            subsets are drawn from a generator seeded with ``seed`` at every call, so results are reproducible.
+        seed: seed of those subsets.
+        decode_chunk: number of points decoded at a time, which bounds the memory of decoding large images and
+            volumes (``None``: all at once). With ``fit_points`` set, the fit is bounded too.
     """
 
-    def __init__(self, fit_steps: int = 2, fit_lr: float = 1e-4, betas: tuple[float, float] = (0.9, 0.999)) -> None:
+    def __init__(
+        self,
+        fit_steps: int = 20,
+        fit_lr: float = 1e-4,
+        betas: tuple[float, float] = (0.9, 0.999),
+        fit_points: int | None = 8192,
+        seed: int = 0,
+        decode_chunk: int | None = 65536,
+    ) -> None:
         super().__init__()
         if fit_steps < 0:
             raise ValueError(f"fit_steps must be >= 0, got {fit_steps}.")
@@ -49,11 +70,15 @@ class MetaSegInferer(Inferer):
         self.fit_steps = int(fit_steps)
         self.fit_lr = float(fit_lr)
         self.betas = (float(betas[0]), float(betas[1]))
+        self.fit_points = fit_points
+        self.seed = int(seed)
+        self.decode_chunk = decode_chunk
 
     @staticmethod
     def _unwrap(network: torch.nn.Module) -> MetaSegINR:
         net = getattr(network, "module", network)  # DataParallel / DistributedDataParallel
-        if not isinstance(net, MetaSegINR):
+        # by name too: MONAI Label reloads the bundle's `scripts` after building the network, so the class differs
+        if not (isinstance(net, MetaSegINR) or type(net).__qualname__ == MetaSegINR.__qualname__):
             raise TypeError(f"MetaSegInferer needs a MetaSegINR network, got {type(net).__name__}.")
         return net
 
@@ -74,11 +99,17 @@ class MetaSegInferer(Inferer):
             params = batch_params(net.param_dict(), target.shape[0], detach=True)
             trunk = [k for k in params if k.startswith(TRUNK_PREFIXES)]
 
-            def reconstruction_loss(p: dict[str, torch.Tensor]) -> torch.Tensor:
-                intensity, _, _ = net.functional_forward(coords, p, with_logits=False)
-                return F.mse_loss(intensity, target)
+            generator = torch.Generator(device=target.device).manual_seed(self.seed)
 
-            params = adam_fit(reconstruction_loss, params, trunk, self.fit_steps, self.fit_lr, self.betas)
+            def reconstruction_loss(p: dict[str, torch.Tensor]) -> torch.Tensor:
+                index = sample_points(coords.shape[1], self.fit_points, coords.shape[0], target.device, generator)
+                intensity, _, _ = net.functional_forward(gather_points(coords, index), p, with_logits=False)
+                return F.mse_loss(intensity, gather_points(target, index))
+
+            lr = net.fit_lr(self.fit_lr)
+            if isinstance(lr, dict):
+                lr = {k: v.detach() for k, v in lr.items()}
+            params = adam_fit(reconstruction_loss, params, trunk, self.fit_steps, lr, self.betas)
         params = {k: v.detach() for k, v in params.items()}
         return FitResult(params=params, coords=coords, spatial_shape=spatial_shape)
 
@@ -86,7 +117,10 @@ class MetaSegInferer(Inferer):
     def decode(self, fit: FitResult, network: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
         """Class logits ``[B, C, *spatial]`` and reconstruction ``[B, 1, *spatial]`` of a fitted batch."""
         net = self._unwrap(network)
-        intensity, _, logits = net.functional_forward(fit.coords, fit.params)
+        chunk = self.decode_chunk or fit.coords.shape[1]
+        outputs = [net.functional_forward(c, fit.params) for c in fit.coords.split(chunk, dim=1)]
+        intensity = torch.cat([o[0] for o in outputs], dim=1)
+        logits = torch.cat([o[2] for o in outputs], dim=1)
         return unflatten_points(logits, fit.spatial_shape), unflatten_points(intensity, fit.spatial_shape)
 
     def fit_decode(self, inputs: torch.Tensor, network: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:

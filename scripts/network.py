@@ -1,7 +1,5 @@
 """MetaSeg implicit network: a SIREN trunk regressing intensity plus a segmentation head on its penultimate features."""
 
-from __future__ import annotations
-
 import math
 
 import torch
@@ -29,7 +27,8 @@ class MetaSegINR(nn.Module):
     applied to the trunk's penultimate features (the output of the last sine layer).
 
     ``forward(coords)`` takes coordinates ``[B, N, spatial_dims]`` in ``[-1, 1]`` and returns ``[B, N, 1 + C]``:
-    channel 0 is the intensity, channels ``1..C`` the class logits. :meth:`functional_forward` evaluates the same
+    channel 0 is the intensity, channels ``1..C`` the class logits (given an image batch instead, ``forward`` runs
+    :meth:`segment`, the bundle's fit-then-decode). :meth:`functional_forward` evaluates the same
     network with an explicit parameter dictionary whose tensors may carry a leading per-sample batch dimension, which
     is how the inner loops of meta-training and the test-time fit run many images at once.
 
@@ -41,6 +40,10 @@ class MetaSegINR(nn.Module):
         num_classes: number of segmentation classes, background included.
         head_channels: width of the head's hidden layer.
         out_channels: number of regressed intensity channels.
+        learned_fit_lr: ``None`` (the fit uses one learning rate), ``"layer"`` (a learned learning-rate factor per
+            trunk tensor) or ``"element"`` (one per trunk weight, as in Meta-SGD, Li et al. 2017). The factors are
+            meta-learned with the initialisation, stored as ``fit_lr_scale.*`` (log scale) in the state dict, and
+            multiply the configured fit learning rate, see :meth:`fit_lr`.
     """
 
     def __init__(
@@ -52,6 +55,7 @@ class MetaSegINR(nn.Module):
         num_classes: int = 5,
         head_channels: int = 128,
         out_channels: int = 1,
+        learned_fit_lr: str | None = None,
     ) -> None:
         super().__init__()
         if spatial_dims not in (2, 3):
@@ -70,6 +74,17 @@ class MetaSegINR(nn.Module):
         self.head = nn.Sequential(
             nn.Linear(hidden_channels, head_channels), nn.LeakyReLU(), nn.Linear(head_channels, num_classes)
         )
+        if learned_fit_lr not in (None, "layer", "element"):
+            raise ValueError(f"learned_fit_lr must be None, 'layer' or 'element', got {learned_fit_lr!r}.")
+        self.learned_fit_lr = learned_fit_lr
+        self.fit_lr_scale = nn.ParameterDict()  # trunk parameter name (dots as underscores) -> log lr factor
+        self._fit_lr_names: dict[str, str] = {}
+        if learned_fit_lr is not None:
+            for name, p in self.named_parameters():
+                if name.startswith(TRUNK_PREFIXES):
+                    key = name.replace(".", "_")
+                    self.fit_lr_scale[key] = nn.Parameter(torch.zeros(p.shape if learned_fit_lr == "element" else ()))
+                    self._fit_lr_names[key] = name
         self.reset_parameters()
 
     @torch.no_grad()
@@ -83,8 +98,14 @@ class MetaSegINR(nn.Module):
         self.intensity.weight.uniform_(-bound, bound)
 
     def param_dict(self) -> dict[str, torch.Tensor]:
-        """The network's parameters by name, the format :meth:`functional_forward` takes."""
-        return dict(self.named_parameters())
+        """The network's weights by name (learned fit learning rates excluded), as :meth:`functional_forward` takes."""
+        return {k: v for k, v in self.named_parameters() if not k.startswith("fit_lr_scale.")}
+
+    def fit_lr(self, base_lr: float) -> float | dict[str, torch.Tensor]:
+        """Learning rates of the trunk fit: ``base_lr``, or ``base_lr * exp(scale)`` per trunk tensor when learned."""
+        if self.learned_fit_lr is None:
+            return base_lr
+        return {self._fit_lr_names[k]: base_lr * torch.exp(s) for k, s in self.fit_lr_scale.items()}
 
     def functional_forward(
         self, coords: torch.Tensor, params: dict[str, torch.Tensor], with_logits: bool = True
@@ -100,8 +121,10 @@ class MetaSegINR(nn.Module):
             ``(intensity [B, N, out_channels], features [B, N, hidden], logits [B, N, C] or None)``.
         """
         x = coords
+        w0 = self.omega0
         for i in range(len(self.trunk)):
-            x = torch.sin(self.omega0 * _linear(x, params[f"trunk.{i}.weight"], params[f"trunk.{i}.bias"]))
+            # sin(w0 * (W x + b)) with w0 folded into the small W and b: one pass less over [B, N, hidden] each way
+            x = torch.sin(_linear(x, w0 * params[f"trunk.{i}.weight"], w0 * params[f"trunk.{i}.bias"]))
         intensity = _linear(x, params["intensity.weight"], params["intensity.bias"])
         logits = self.decode(x, params) if with_logits else None
         return intensity, x, logits
@@ -112,7 +135,35 @@ class MetaSegINR(nn.Module):
         hidden = F.leaky_relu(_linear(features, p["head.0.weight"], p["head.0.bias"]))
         return _linear(hidden, p["head.2.weight"], p["head.2.bias"])
 
-    def forward(self, coords: torch.Tensor) -> torch.Tensor:
-        """``[B, N, spatial_dims]`` coordinates -> ``[B, N, out_channels + num_classes]`` (intensity, then logits)."""
-        intensity, _, logits = self.functional_forward(coords, self.param_dict())
-        return torch.cat([intensity, logits], dim=-1)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Points or an image batch, told apart by the number of dimensions.
+
+        - coordinates ``[B, N, spatial_dims]`` -> ``[B, N, out_channels + num_classes]`` (intensity, then logits):
+          the network itself, evaluated with its stored weights. This is the only path TorchScript exports.
+        - images ``[B, out_channels, *spatial]`` -> class logits ``[B, num_classes, *spatial]``: the bundle's
+          image -> label contract (``network_data_format`` in ``configs/metadata.json``), i.e. :meth:`segment`.
+        """
+        if x.dim() != 3:
+            return self.segment(x)
+        if x.shape[-1] != self.spatial_dims:
+            raise ValueError(f"MetaSegINR expects coordinates [B, N, {self.spatial_dims}], got last dim {x.shape[-1]}.")
+        h = x
+        for layer in self.trunk:
+            h = torch.sin(self.omega0 * layer(h))
+        return torch.cat([self.intensity(h), self.head(h)], dim=-1)
+
+    @torch.jit.unused
+    def segment(self, image: torch.Tensor) -> torch.Tensor:
+        """Fit-then-decode ``image`` ``[B, out_channels, *spatial]`` -> class logits ``[B, num_classes, *spatial]``.
+
+        Delegates to :class:`scripts.inferer.MetaSegInferer` with its default fit settings (those of the configs);
+        the network's own weights are not modified. Eager mode only: fitting needs autograd.
+        """
+        if image.dim() != self.spatial_dims + 2:
+            raise ValueError(
+                f"MetaSegINR takes coordinates [B, N, {self.spatial_dims}] or images [B, {self.out_channels}, "
+                f"*spatial] with {self.spatial_dims} spatial dims, got a tensor of shape {tuple(image.shape)}."
+            )
+        from .inferer import MetaSegInferer  # local import: the inferer module imports this one
+
+        return MetaSegInferer()(image, self)

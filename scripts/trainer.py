@@ -135,8 +135,9 @@ class MetaSegTrainer(PointLossTrainer):
 
         params = batch_params(net.param_dict(), batch, detach=False)
         trainable = list(params) if self.inner_seg_weight != 0 else [k for k in params if k.startswith(TRUNK_PREFIXES)]
-        adapted = adam_fit(
-            inner_loss, params, trainable, self.inner_steps, self.inner_lr, self.betas, create_graph=True
-        )
+        lr = net.fit_lr(self.inner_lr)
+        if isinstance(lr, dict):  # learned rates cover the trunk; a head adapted in the inner loop uses inner_lr
+            lr = {k: lr.get(k, self.inner_lr) for k in trainable}
+        adapted = adam_fit(inner_loss, params, trainable, self.inner_steps, lr, self.betas, create_graph=True)
         mse, seg = losses(adapted, with_seg=True)
         return mse + self.seg_weight * seg, {"mse": mse.detach(), "seg_loss": seg.detach()}

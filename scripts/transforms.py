@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from monai.config import KeysCollection
 from monai.transforms import LoadImaged, MapTransform
-from monai.utils import ImageMetaKey
+from monai.utils import ImageMetaKey, PostFix
 
 __all__ = ["LoadImageCheckedd", "ValidateMetaSegInputd"]
 
@@ -35,9 +35,12 @@ class LoadImageCheckedd(LoadImaged):
                 if os.path.getsize(path) == 0:
                     raise ValueError(f"{path}: the {key} file is empty (0 bytes).")
             try:
-                d[key] = self._loader(path, reader)
+                loaded = self._loader(path, reader)
             except Exception as e:
                 raise ValueError(f"{path}: cannot read the {key} as an image ({type(e).__name__}: {e}).") from e
+            if isinstance(loaded, tuple):  # image_only switched off (MONAI Label does): image + its metadata dict
+                loaded, d[PostFix.meta(str(key))] = loaded
+            d[key] = loaded
         return d
 
 

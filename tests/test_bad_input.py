@@ -309,3 +309,18 @@ def test_inference_keeps_geometry_of_unusual_valid_images(make, tmp_path, tiny_d
     np.testing.assert_allclose(seg.header.get_zooms()[:2], src.header.get_zooms()[:2], atol=1e-5)
     labels = np.asarray(seg.dataobj)
     assert labels.dtype == np.uint8 and labels.max() <= 4
+
+
+def test_loader_keeps_working_with_image_only_switched_off(tiny_dataset):
+    """MONAI Label sets ``_loader.image_only = False`` on every ``LoadImaged`` of a bundle's preprocessing."""
+    from monai.data import MetaTensor
+
+    from scripts.transforms import LoadImageCheckedd
+
+    dataset_dir, _ = tiny_dataset
+    path = str(sorted(dataset_dir.glob("*/slice_norm.nii.gz"))[0])
+    loader = LoadImageCheckedd(keys="image")
+    loader._loader.image_only = False
+    out = loader({"image": path})
+    assert isinstance(out["image"], MetaTensor) and out["image"].shape == (160, 192)
+    assert out["image_meta_dict"]["filename_or_obj"] == path

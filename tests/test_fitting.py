@@ -104,6 +104,51 @@ def test_batched_fit_equals_single_fits():
         torch.testing.assert_close(batched[i : i + 1], single, rtol=1e-4, atol=1e-5)
 
 
+def test_subsampled_fit_is_reproducible_and_fits():
+    """``fit_points``: each step sees a random subset of pixels, drawn from a seeded generator (same result twice)."""
+    net = _tiny_net()
+    image = torch.rand(1, 1, 12, 12)
+    inferer = MetaSegInferer(fit_steps=30, fit_lr=1e-2, fit_points=40)
+    (logits_a, recon_a), (logits_b, _) = inferer.fit_decode(image, net), inferer.fit_decode(image, net)
+    assert torch.equal(logits_a, logits_b)
+    _, recon0 = MetaSegInferer(fit_steps=0).fit_decode(image, net)
+    assert F.mse_loss(recon_a, image) < 0.5 * F.mse_loss(recon0, image)
+    other, _ = MetaSegInferer(fit_steps=30, fit_lr=1e-2, fit_points=40, seed=1).fit_decode(image, net)
+    assert not torch.equal(logits_a, other)
+
+
+def test_learned_fit_lr_is_meta_learned_and_used_at_test_time():
+    """With ``learned_fit_lr`` the meta-gradient reaches the learning-rate factors, and the inferer applies them."""
+    torch.manual_seed(0)
+    net = MetaSegINR(hidden_channels=8, num_sine_layers=2, head_channels=8, num_classes=3, learned_fit_lr="element")
+    coords, image, label = _tiny_sample()
+    coords, image = coords.float(), image.float()
+    loss = _joint_loss(net, coords, image, label)
+    params = batch_params(net.param_dict(), 1, detach=False)
+    trunk = [k for k in params if k.startswith(TRUNK_PREFIXES)]
+    outer = loss(adam_fit(loss, params, trunk, 2, net.fit_lr(1e-3), create_graph=True))
+    outer.backward()
+    assert all(s.grad is not None and s.grad.abs().sum() > 0 for s in net.fit_lr_scale.values())
+    image2 = torch.rand(1, 1, 8, 8)
+    base, _ = MetaSegInferer(fit_steps=2, fit_lr=1e-2).fit_decode(image2, net)
+    with torch.no_grad():
+        for s in net.fit_lr_scale.values():
+            s.fill_(-30.0)  # factors ~0: the fit no longer moves the weights
+    frozen, _ = MetaSegInferer(fit_steps=2, fit_lr=1e-2).fit_decode(image2, net)
+    unfitted, _ = MetaSegInferer(fit_steps=0).fit_decode(image2, net)
+    assert not torch.allclose(base, frozen)
+    torch.testing.assert_close(frozen, unfitted)
+
+
+def test_chunked_decode_matches_whole_decode():
+    net = _tiny_net()
+    image = torch.rand(2, 1, 9, 7)
+    whole, recon = MetaSegInferer(fit_steps=2, fit_lr=1e-2, decode_chunk=None).fit_decode(image, net)
+    chunked, recon_c = MetaSegInferer(fit_steps=2, fit_lr=1e-2, decode_chunk=10).fit_decode(image, net)
+    torch.testing.assert_close(chunked, whole)
+    torch.testing.assert_close(recon_c, recon)
+
+
 def test_only_trunk_is_fitted():
     net = _tiny_net()
     fit = MetaSegInferer(fit_steps=3, fit_lr=1e-2).fit(torch.rand(1, 1, 8, 8), net)

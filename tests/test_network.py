@@ -2,8 +2,9 @@
 
 import pytest
 import torch
+from conftest import REPO_ROOT
 
-from scripts.network import MetaSegINR
+from scripts.network import TRUNK_PREFIXES, MetaSegINR
 
 
 def test_reference_size_and_shapes():
@@ -38,7 +39,62 @@ def test_siren_initialisation_bounds():
     assert net.trunk[1].weight.abs().max() <= (6.0 / 128) ** 0.5 / 30.0
 
 
-@pytest.mark.parametrize("kwargs", [{"spatial_dims": 4}, {"num_classes": 1}, {"num_sine_layers": 0}])
+@pytest.mark.parametrize("mode,extra", [(None, 0), ("layer", 12), ("element", 66_561)])
+def test_learned_fit_lr_parameters(mode, extra):
+    """Meta-SGD-style learning-rate factors: stored in the state dict, excluded from the fitted weights."""
+    net = MetaSegINR(learned_fit_lr=mode)
+    assert sum(p.numel() for p in net.parameters()) == 83_718 + extra
+    assert set(net.param_dict()) == set(MetaSegINR().state_dict())
+    lr = net.fit_lr(1e-4)
+    if mode is None:
+        assert lr == 1e-4
+    else:
+        assert set(lr) == {k for k in net.param_dict() if k.startswith(TRUNK_PREFIXES)}
+        assert all(torch.allclose(v, torch.full_like(v, 1e-4)) for v in lr.values())  # factors start at 1
+        assert all(v.shape == (net.param_dict()[k].shape if mode == "element" else ()) for k, v in lr.items())
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"spatial_dims": 4}, {"num_classes": 1}, {"num_sine_layers": 0}, {"learned_fit_lr": "global"}]
+)
 def test_bad_arguments(kwargs):
     with pytest.raises(ValueError):
         MetaSegINR(**kwargs)
+
+
+def test_torchscript_matches_eager_on_coordinates():
+    torch.manual_seed(0)
+    net = MetaSegINR(hidden_channels=32, num_sine_layers=3, head_channels=16)
+    scripted = torch.jit.script(net)
+    coords = torch.rand(2, 40, 2) * 2 - 1
+    torch.testing.assert_close(scripted(coords), net(coords), rtol=0, atol=0)
+    with pytest.raises(Exception, match="coordinates"):
+        scripted(torch.rand(1, 40, 3))
+
+
+def test_inferer_defaults_are_the_configs_fit_settings():
+    """``network(image)`` (MetaSegInferer's defaults) and the bundle configs fit images the same way."""
+    import json
+    from inspect import signature
+
+    from scripts.inferer import MetaSegInferer
+
+    defaults = signature(MetaSegInferer).parameters
+    for config in ("configs/train.json", "configs/inference.json"):
+        cfg = json.loads((REPO_ROOT / config).read_text())
+        for key in ("fit_steps", "fit_lr", "fit_points"):
+            assert cfg[key] == defaults[key].default, (config, key)
+
+
+def test_image_forward_is_the_fit_then_decode_contract():
+    from scripts.inferer import MetaSegInferer
+
+    torch.manual_seed(0)
+    net = MetaSegINR(hidden_channels=32, num_sine_layers=2, head_channels=16)
+    image = torch.rand(1, 1, 12, 10)
+    with torch.no_grad():
+        logits = net(image)
+    assert logits.shape == (1, 5, 12, 10)
+    torch.testing.assert_close(logits, MetaSegInferer()(image, net))
+    with pytest.raises(ValueError, match="coordinates"):
+        net(torch.rand(1, 1, 12, 10, 4))

@@ -9,8 +9,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-
 from conftest import TINY_NET, run_bundle
+
 from scripts.data import load_datalist
 from scripts.network import MetaSegINR
 

@@ -1,0 +1,277 @@
+"""Side-by-side benchmark of MetaSeg's fit-then-decode and meta-training step (results: docs/benchmarks.md).
+
+In one process, on the demo test split and the shipped ``models/model.pt``:
+
+1. ``reference``: the yardstick written plainly here, as the paper's code does it: a copy of the network per image,
+   ``torch.optim.Adam`` on the trunk, 100 steps of intensity MSE over every pixel with per-step autograd, fp32, then
+   one decode of every pixel;
+2. ``product``: the bundle's :class:`scripts.inferer.MetaSegInferer` with the settings of ``configs/inference.json``,
+   one image at a time;
+3. ``product batched``: the same inferer given all images as one batch (per-image weights, batched matmuls).
+
+For each it prints seconds per slice, slices per second, mean foreground Dice, PSNR, peak resident memory and the
+matmul GFLOPS achieved (matrix products counted analytically, elementwise work not counted) as a fraction of a
+measured fp32 matmul peak; then the time of one second-order meta-training step, reference style (all pixels, plain
+loop) against :class:`scripts.trainer.MetaSegTrainer` at the ``configs/train.json`` settings.
+
+    python benchmarks/fit_decode.py --num_images 20 --output eval/benchmark.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import time
+from pathlib import Path
+
+import torch
+from ignite.engine import Events
+from monai.bundle import ConfigParser
+from monai.losses import FocalLoss
+from monai.metrics import DiceMetric, PSNRMetric
+from monai.networks.utils import one_hot
+from torch.nn import functional as F
+
+from scripts.fitting import adam_fit, coordinate_grid, flatten_image
+from scripts.inferer import MetaSegInferer
+from scripts.network import TRUNK_PREFIXES, MetaSegINR
+from scripts.trainer import MetaSegTrainer
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def reset_peak_rss() -> None:
+    """Reset the kernel's resident-memory high-water mark of this process (Linux ``clear_refs``)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process since the last :func:`reset_peak_rss`, in MiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024.0
+    return float("nan")
+
+
+def matmul_peak_gflops(n: int = 2048, repeats: int = 10) -> float:
+    """Measured fp32 matmul throughput of this machine (GFLOPS) on ``n x n`` matrices."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * n**3 * repeats / (time.perf_counter() - start) / 1e9
+
+
+def matmul_flops_per_point(net: MetaSegINR) -> tuple[float, float]:
+    """(trunk + intensity, head) multiply-add FLOPs of one point's forward pass."""
+    trunk = sum(2 * m.in_features * m.out_features for m in [*net.trunk, net.intensity])
+    head = sum(2 * m.in_features * m.out_features for m in net.head if isinstance(m, torch.nn.Linear))
+    return float(trunk), float(head)
+
+
+def load_test_split(num_images: int) -> tuple[ConfigParser, torch.Tensor, torch.Tensor]:
+    """The evaluation config, and ``num_images`` preprocessed test images and labels ``[B, 1, H, W]``."""
+    parser = ConfigParser()
+    parser.read_config([str(REPO_ROOT / "configs" / f) for f in ("inference.json", "evaluate.json")])
+    parser["bundle_root"] = str(REPO_ROOT)
+    data = parser.get_parsed_content("dataset#data")[:num_images]
+    preprocessing = parser.get_parsed_content("preprocessing")
+    items = [preprocessing(d) for d in data]
+    images = torch.stack([torch.as_tensor(d["image"]) for d in items]).float()
+    labels = torch.stack([torch.as_tensor(d["label"]) for d in items]).long()
+    return parser, images, labels
+
+
+def reference_fit_decode(net: MetaSegINR, image: torch.Tensor, steps: int, lr: float) -> tuple[torch.Tensor, ...]:
+    """The plain per-image loop: Adam on a copy of the trunk, full-image MSE, then decode (logits, recon)."""
+    model = copy.deepcopy(net)
+    coords = coordinate_grid(image.shape[2:])[None]
+    target = flatten_image(image)
+    optimizer = torch.optim.Adam([*model.trunk.parameters(), *model.intensity.parameters()], lr=lr)
+
+    def trunk(x: torch.Tensor) -> torch.Tensor:
+        for layer in model.trunk:
+            x = torch.sin(model.omega0 * layer(x))
+        return x
+
+    for _ in range(steps):
+        optimizer.zero_grad()
+        loss = F.mse_loss(model.intensity(trunk(coords)), target)
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        features = trunk(coords)
+        logits, recon = model.head(features), model.intensity(features)
+    shape = image.shape[2:]
+    return logits.transpose(1, 2).reshape(1, -1, *shape), recon.transpose(1, 2).reshape(1, 1, *shape)
+
+
+def scores(logits: torch.Tensor, recon: torch.Tensor, images: torch.Tensor, labels: torch.Tensor) -> dict:
+    """Mean foreground Dice and PSNR of a batch of predictions."""
+    num_classes = logits.shape[1]
+    pred = one_hot(logits.argmax(1, keepdim=True), num_classes)
+    dice = DiceMetric(include_background=False, reduction="mean")(pred, one_hot(labels, num_classes))
+    psnr = PSNRMetric(max_val=1.0)(recon.clamp(0, 1), images)
+    return {"mean_dice": float(dice.mean()), "psnr": float(psnr.mean())}
+
+
+def timed(fn, *args) -> tuple[float, float, object]:
+    """(seconds, peak RSS MiB, result) of ``fn(*args)``."""
+    reset_peak_rss()
+    start = time.perf_counter()
+    out = fn(*args)
+    return time.perf_counter() - start, peak_rss_mib(), out
+
+
+def bench_fit(net, images, labels, inferer: MetaSegInferer, ref_steps: int, peak: float) -> list[dict]:
+    """The three fit-then-decode rows of the table."""
+    n, num_pixels = images.shape[0], images[0, 0].numel()
+    trunk_flops, head_flops = matmul_flops_per_point(net)
+    decode_flops = n * num_pixels * (trunk_flops + head_flops)
+    rows = []
+
+    def reference():
+        outs = [reference_fit_decode(net, images[i : i + 1], ref_steps, inferer.fit_lr) for i in range(n)]
+        return torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs])
+
+    def product():
+        outs = [inferer.fit_decode(images[i : i + 1], net) for i in range(n)]
+        return torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs])
+
+    fit_points = min(inferer.fit_points or num_pixels, num_pixels)
+    for name, fn, steps, points in [
+        (f"reference ({ref_steps} steps, all pixels, per-image Adam)", reference, ref_steps, num_pixels),
+        (f"product ({inferer.fit_steps} steps, {fit_points} points)", product, inferer.fit_steps, fit_points),
+        (f"product batched (B={n})", lambda: inferer.fit_decode(images, net), inferer.fit_steps, fit_points),
+    ]:
+        seconds, rss, (logits, recon) = timed(fn)
+        # forward + backward of a fit step ~ 3x the forward's matrix products
+        flops = n * steps * points * 3 * trunk_flops + decode_flops
+        rows.append(
+            {
+                "method": name,
+                "s_per_slice": seconds / n,
+                "slices_per_s": n / seconds,
+                **scores(logits, recon, images, labels),
+                "peak_rss_mib": rss,
+                "gflops": flops / seconds / 1e9,
+                "fraction_of_matmul_peak": flops / seconds / 1e9 / peak,
+            }
+        )
+    return rows
+
+
+def bench_meta_step(net: MetaSegINR, images: torch.Tensor, labels: torch.Tensor, iters: int) -> list[dict]:
+    """Seconds per outer step: reference style (all pixels, plain loop) and the bundle's MetaSegTrainer."""
+    train = ConfigParser.load_config_file(str(REPO_ROOT / "configs" / "train.json"))
+    inner_steps, num_points = train["train"]["trainer"]["inner_steps"], train["train"]["trainer"]["num_points"]
+    lr = train["fit_lr"]
+    loss_fn = FocalLoss(gamma=1.0, use_softmax=True, to_onehot_y=True)
+    model = copy.deepcopy(net)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+
+    def forward(p: dict[str, torch.Tensor], coords: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = coords
+        for i in range(len(model.trunk)):
+            x = torch.sin(model.omega0 * F.linear(x, p[f"trunk.{i}.weight"], p[f"trunk.{i}.bias"]))
+        return F.linear(x, p["intensity.weight"], p["intensity.bias"]), model.decode(x, p)
+
+    def reference_step(image: torch.Tensor, label: torch.Tensor) -> None:
+        coords, target, seg = coordinate_grid(image.shape[2:])[None], flatten_image(image), flatten_image(label)
+        params = model.param_dict()
+        trunk = [k for k in params if k.startswith(TRUNK_PREFIXES)]
+        inner = lambda p: F.mse_loss(forward(p, coords)[0], target)  # noqa: E731
+        adapted = adam_fit(inner, params, trunk, inner_steps, lr, create_graph=True)
+        intensity, logits = forward(adapted, coords)
+        loss = F.mse_loss(intensity, target) + loss_fn(logits.transpose(1, 2), seg.transpose(1, 2))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    n = min(iters, images.shape[0])
+    reference_step(images[:1], labels[:1])  # warm-up
+    start = time.perf_counter()
+    for i in range(n):
+        reference_step(images[i : i + 1], labels[i : i + 1])
+    ref = (time.perf_counter() - start) / n
+
+    product_net = copy.deepcopy(net)
+    trainer = MetaSegTrainer(
+        device="cpu",
+        max_epochs=1,
+        train_data_loader=[
+            {"image": images[i % n : i % n + 1], "label": labels[i % n : i % n + 1]} for i in range(n + 1)
+        ],
+        network=product_net,
+        optimizer=torch.optim.Adam(product_net.parameters(), lr=1e-4),
+        loss_function=loss_fn,
+        inner_steps=inner_steps,
+        inner_lr=lr,
+        inner_seg_weight=0.0,
+        num_points=num_points,
+        grad_clip_norm=1.0,
+    )
+    starts: list[float] = []
+    trainer.add_event_handler(Events.ITERATION_STARTED, lambda e: starts.append(time.perf_counter()))
+    trainer.run()
+    prod = (time.perf_counter() - starts[1]) / n  # the first iteration is a warm-up
+    return [
+        {"method": f"reference meta step ({inner_steps} inner steps, all pixels, plain loop)", "s_per_step": ref},
+        {"method": f"product meta step (MetaSegTrainer, {num_points} points)", "s_per_step": prod},
+    ]
+
+
+def main() -> None:
+    args = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    args.add_argument("--num_images", type=int, default=20)
+    args.add_argument("--ref_steps", type=int, default=100)
+    args.add_argument("--meta_iters", type=int, default=5)
+    args.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    args.add_argument("--output", type=Path, default=None, help="also write the results as JSON here")
+    opts = args.parse_args()
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    torch.manual_seed(0)
+
+    parser, images, labels = load_test_split(opts.num_images)
+    net = parser.get_parsed_content("network_def")
+    net.load_state_dict(torch.load(REPO_ROOT / "models" / "model.pt", weights_only=True))
+    inferer = parser.get_parsed_content("inferer")
+    peak = matmul_peak_gflops()
+    print(
+        f"{images.shape[0]} test slices {tuple(images.shape[2:])}, {torch.get_num_threads()} threads, "
+        f"fp32 matmul peak {peak:.1f} GFLOPS"
+    )
+
+    rows = bench_fit(net, images, labels, inferer, opts.ref_steps, peak)
+    print("| method | s/slice | slices/s | mean Dice | PSNR dB | peak RSS MiB | GFLOPS | of matmul peak |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['method']} | {r['s_per_slice']:.3f} | {r['slices_per_s']:.2f} | {r['mean_dice']:.4f} | "
+            f"{r['psnr']:.2f} | {r['peak_rss_mib']:.0f} | {r['gflops']:.1f} | {r['fraction_of_matmul_peak']:.0%} |"
+        )
+    ref, prod, batched = rows
+    print(
+        f"reference / product: {ref['s_per_slice'] / prod['s_per_slice']:.1f}x faster per slice "
+        f"(batched: {ref['s_per_slice'] / batched['s_per_slice']:.1f}x), "
+        f"Dice difference {prod['mean_dice'] - ref['mean_dice']:+.4f}"
+    )
+
+    meta = bench_meta_step(net, images, labels, opts.meta_iters)
+    print(
+        f"meta step: reference {meta[0]['s_per_step']:.3f} s, product {meta[1]['s_per_step']:.3f} s "
+        f"({meta[0]['s_per_step'] / meta[1]['s_per_step']:.1f}x faster)"
+    )
+    if opts.output:
+        opts.output.parent.mkdir(parents=True, exist_ok=True)
+        opts.output.write_text(json.dumps({"matmul_peak_gflops": peak, "fit": rows, "meta": meta}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,23 @@
+"""Code format: black and isort (line length 120, pyproject.toml) and flake8 (.flake8) over the Python sources."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO_ROOT
+
+PATHS = [p for p in ("scripts", "tests", "benchmarks") if (REPO_ROOT / p).is_dir()]
+
+
+@pytest.mark.parametrize(
+    "tool",
+    [["black", "--check", "--quiet"], ["isort", "--check-only", "--quiet"], ["flake8"]],
+    ids=["black", "isort", "flake8"],
+)
+def test_sources_are_formatted(tool):
+    proc = subprocess.run(
+        [sys.executable, "-m", *tool, *PATHS], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, f"{' '.join(tool)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"

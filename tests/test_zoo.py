@@ -1,0 +1,135 @@
+"""Model Zoo conformance, offline: metadata schema, network I/O check, TorchScript export, large-file hash, pins."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import REPO_ROOT, run_bundle
+
+from scripts.network import MetaSegINR
+
+META = "configs/metadata.json"
+SCHEMA = REPO_ROOT / "tests" / "meta_schema.json"  # meta_schema_20240725.json of MONAI-extra-test-data 0.8.1
+SCHEMA_MD5 = "76e1add273836515d0bbb3bc71962474"
+
+
+def _requirement_pins(path: Path) -> dict[str, str]:
+    pins = {}
+    for line in path.read_text().splitlines():
+        match = re.match(r"^([A-Za-z0-9_.\-]+)==([^\s#]+)", line.strip())
+        if match:
+            pins[match.group(1).lower()] = match.group(2)
+    return pins
+
+
+def test_schema_copy_is_the_referenced_file():
+    metadata = json.loads((REPO_ROOT / META).read_text())
+    assert metadata["schema"].endswith("/0.8.1/meta_schema_20240725.json")
+    assert hashlib.md5(SCHEMA.read_bytes()).hexdigest() == SCHEMA_MD5
+
+
+def test_metadata_validates_against_the_zoo_schema():
+    proc = run_bundle("verify_metadata", "--meta_file", META, "--filepath", str(SCHEMA), "--hash_val", SCHEMA_MD5)
+    assert "metadata is verified with no error" in proc.stdout + proc.stderr
+
+
+def test_schema_check_rejects_incomplete_metadata(tmp_path):
+    metadata = json.loads((REPO_ROOT / META).read_text())
+    del metadata["network_data_format"]
+    bad = tmp_path / "metadata.json"
+    bad.write_text(json.dumps(metadata))
+    proc = run_bundle("verify_metadata", "--meta_file", str(bad), "--filepath", str(SCHEMA), check=False)
+    assert proc.returncode != 0 and "network_data_format" in proc.stderr
+
+
+def test_metadata_versions_are_the_pinned_requirements():
+    metadata = json.loads((REPO_ROOT / META).read_text())
+    pins = _requirement_pins(REPO_ROOT / "requirements.txt")
+    assert metadata["monai_version"] == pins["monai"]
+    assert metadata["pytorch_version"] == pins["torch"]
+    assert metadata["numpy_version"] == pins["numpy"]
+    assert metadata["required_packages_version"] == {
+        k: v for k, v in pins.items() if k not in {"monai", "torch", "numpy"}
+    }
+    assert metadata["version"] in metadata["changelog"]
+    assert "Fit Pixels, Get Labels" in metadata["references"][0]
+    assert metadata["eval_metrics"]["mean_dice"] > 0.7
+
+
+def test_network_data_format_is_the_image_to_label_contract():
+    fmt = json.loads((REPO_ROOT / META).read_text())["network_data_format"]
+    image, pred = fmt["inputs"]["image"], fmt["outputs"]["pred"]
+    assert image["num_channels"] == 1 and len(image["spatial_shape"]) == 2
+    assert pred["num_channels"] == 5 and pred["channel_def"]["0"] == "background"
+    net = MetaSegINR(hidden_channels=16, num_sine_layers=2, head_channels=16)
+    with torch.no_grad():
+        out = net(torch.rand(1, image["num_channels"], 24, 20))
+    assert out.shape == (1, pred["num_channels"], 24, 20)
+
+
+def test_verify_net_in_out():
+    proc = run_bundle(
+        "verify_net_in_out", "network_def", "--meta_file", META, "--config_file", "configs/inference.json"
+    )
+    assert "data shape of network is verified with no error" in proc.stdout + proc.stderr
+
+
+def test_verify_net_in_out_catches_a_wrong_contract():
+    proc = run_bundle(
+        "verify_net_in_out",
+        "network_def",
+        "--meta_file",
+        META,
+        "--config_file",
+        "configs/inference.json",
+        "--_meta_#network_data_format#outputs#pred#num_channels",
+        "4",
+        check=False,
+    )
+    assert proc.returncode != 0 and "doesn't match" in proc.stderr
+
+
+def test_ckpt_export_gives_torchscript_equal_to_eager(tmp_path):
+    ts = tmp_path / "model.ts"
+    run_bundle(
+        "ckpt_export",
+        "network_def",
+        "--filepath",
+        str(ts),
+        "--ckpt_file",
+        "models/model.pt",
+        "--meta_file",
+        META,
+        "--config_file",
+        "configs/inference.json",
+    )
+    extra = {"metadata.json": "", "inference.json": ""}
+    scripted = torch.jit.load(str(ts), _extra_files=extra)
+    assert json.loads(extra["metadata.json"])["version"] == json.loads((REPO_ROOT / META).read_text())["version"]
+    eager = MetaSegINR()
+    eager.load_state_dict(torch.load(REPO_ROOT / "models" / "model.pt", weights_only=True))
+    eager.eval()
+    coords = torch.rand(2, 500, 2) * 2 - 1
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(coords), eager(coords), rtol=0, atol=0)
+        assert not torch.allclose(scripted(coords), MetaSegINR()(coords))  # weights came from model.pt
+
+
+def test_large_files_hash_matches_the_shipped_model():
+    text = (REPO_ROOT / "large_files.yml").read_text()
+    entry = re.search(r'path:\s*"models/model.pt".*?hash_val:\s*"([0-9a-f]+)".*?hash_type:\s*"(\w+)"', text, re.S)
+    assert entry is not None, "large_files.yml has no models/model.pt entry with hash_val and hash_type"
+    assert entry.group(2) == "sha256"
+    assert hashlib.sha256((REPO_ROOT / "models" / "model.pt").read_bytes()).hexdigest() == entry.group(1)
+
+
+@pytest.mark.parametrize("path", ["models/model.ts", ".venv-monailabel/bin/python", "dist/x.zip"])
+def test_generated_files_are_git_ignored(path):
+    proc = subprocess.run(["git", "check-ignore", "-q", path], cwd=REPO_ROOT)
+    assert proc.returncode == 0, f"{path} is not ignored by .gitignore"
