@@ -182,12 +182,20 @@ class ResumeCheckpointLoader(CheckedCheckpointLoader):
             self.logger.warning(
                 f"Starting afresh: deleting the earlier run's checkpoint {path} (pass --resume true to continue it)."
             )
-            os.remove(path)
+            _remove(path)
         if not complete:
             for stale in self.stale_paths:
                 if os.path.isfile(stale):
                     self.logger.warning(f"Deleting {stale}: it was computed from an earlier result of this stage.")
-                    os.remove(stale)
+                    _remove(stale)
+
+
+def _remove(path: str) -> None:
+    """Delete ``path``; another rank of a distributed run may have deleted it first."""
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass
 
 
 class ResumableValidationHandler(ValidationHandler):
