@@ -49,6 +49,8 @@ def _training_args(
         "2",
         "--checkpoint_interval",
         "1",
+        "--fit_steps",  # validation fits: tiny
+        "2",
     ]
 
 
