@@ -1,6 +1,7 @@
 """MetaSeg bundle scripts: network, fitting, engines, inferer, data and I/O helpers."""
 
 from . import (
+    checkpoint,
     data,
     demo_data,
     distributed,
@@ -11,11 +12,14 @@ from . import (
     inferer,
     io,
     network,
+    overrides,
+    resume,
     trainer,
     transforms,
 )
 
 __all__ = [
+    "checkpoint",
     "data",
     "demo_data",
     "distributed",
@@ -26,6 +30,8 @@ __all__ = [
     "inferer",
     "io",
     "network",
+    "overrides",
+    "resume",
     "trainer",
     "transforms",
 ]
