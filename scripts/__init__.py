@@ -1,6 +1,7 @@
 """MetaSeg bundle scripts: network, fitting, engines, inferer, data and I/O helpers."""
 
 from . import (
+    compare,
     data,
     demo_data,
     distributed,
@@ -11,11 +12,15 @@ from . import (
     inferer,
     io,
     network,
+    plots,
+    postprocess,
+    resolution,
     trainer,
     transforms,
 )
 
 __all__ = [
+    "compare",
     "data",
     "demo_data",
     "distributed",
@@ -26,6 +31,9 @@ __all__ = [
     "inferer",
     "io",
     "network",
+    "plots",
+    "postprocess",
+    "resolution",
     "trainer",
     "transforms",
 ]
