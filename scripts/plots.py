@@ -185,11 +185,13 @@ def line_plot(
     y_range: tuple[float, float] | None = None,
     size: tuple[int, int] = (560, 400),
     font_size: int = 14,
+    legend_loc: str = "lower right",
 ) -> Any:
     """A line plot with axes, ticks and a legend.
 
     Each series is ``{"label", "x", "y", "colour", "dashed" (bool), "markers" (bool)}``; a horizontal reference line
-    is a series with ``"hline": value`` instead of ``x``/``y``.
+    is a series with ``"hline": value`` instead of ``x``/``y``. ``legend_loc``: ``"lower right"`` or
+    ``"upper right"``.
     """
     from PIL import Image, ImageDraw
 
@@ -264,7 +266,8 @@ def line_plot(
         label = label.rotate(90, expand=True)
         img.paste(label, (4, int((y0 + y1 - label.height) / 2)))
 
-    ly = y0 + 6
+    heights = [_text_size(draw, s["label"], small)[1] + 10 for s in series]
+    ly = y0 + 6 if legend_loc == "upper right" else y1 - 6 - sum(heights)
     for s in series:
         colour = tuple(s.get("colour", (31, 119, 180)))
         w, h = _text_size(draw, s["label"], small)
@@ -300,6 +303,9 @@ def save_png(image: Any, path: str) -> str:
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".png")
     os.close(fd)
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
         image.save(tmp, format="PNG")
         os.replace(tmp, path)
     except BaseException:
