@@ -293,7 +293,9 @@ class ModelComparison:
             {"label": "MetaSeg", "x": steps, "y": [r["mean_dice"] for r in sweep], "colour": (31, 119, 180)},
             {"label": f"U-Net ({unet_dice:.3f})", "hline": unet_dice, "colour": (214, 39, 40), "dashed": True},
         ]
+        ticks = list(steps)
         if eval_point is not None and (not log_x or eval_point[0] > 0):
+            ticks = sorted(set(ticks) | {eval_point[0]})
             dice_series.append(
                 {
                     "label": f"MetaSeg evaluation ({eval_point[0]} steps)",
@@ -308,7 +310,7 @@ class ModelComparison:
             xlabel="fit steps" + (" (log scale)" if log_x else ""),
             ylabel="mean foreground Dice",
             log_x=log_x,
-            x_ticks=steps,
+            x_ticks=ticks,
         )
         right = line_plot(
             [{"label": "MetaSeg", "x": steps, "y": [r["psnr"] for r in sweep], "colour": (31, 119, 180)}],
@@ -457,8 +459,8 @@ class ModelComparison:
             f"| weights file | `{ms['weights']}`, {ms['file_bytes'] / 2**20:.2f} MiB | "
             f"`{un['weights']}`, {un['file_bytes'] / 2**20:.2f} MiB |",
             f"| training wall time | {_fmt_seconds(ms['train_seconds'])} | {_fmt_seconds(un['train_seconds'])} |",
-            f"| inference seconds per slice | {ms.get('seconds_per_image', float('nan')):.3f} "
-            f"({ms.get('fit_steps')} fit steps) | {un.get('seconds_per_image', float('nan')):.3f} |",
+            f"| inference seconds per slice, mean (median) | {self._secs(ms)} ({ms.get('fit_steps')} fit steps) | "
+            f"{self._secs(un)} |",
             f"| peak resident memory during the evaluation | {self._mem(mem[0])} | {self._mem(mem[1])} |",
             "",
             f"- Training time sources: MetaSeg {ms['train_seconds_source']}; U-Net {un['train_seconds_source']}.",
@@ -504,6 +506,13 @@ class ModelComparison:
             "",
         ]
         return "\n".join(lines)
+
+    @staticmethod
+    def _secs(summary: dict) -> str:
+        mean, median = summary.get("seconds_per_image"), summary.get("seconds_per_image_median")
+        if mean is None:
+            return "-"
+        return f"{mean:.3f} ({median:.3f})" if median is not None else f"{mean:.3f}"
 
     @staticmethod
     def _mem(m: dict) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import statistics
 import tempfile
 import time
 from collections.abc import Sequence
@@ -107,6 +108,7 @@ class MetricsSummaryHandler:
             out["fit_lr"] = inferer.fit_lr
         if self._times:
             out["seconds_per_image"] = sum(self._times) / len(self._times)
+            out["seconds_per_image_median"] = statistics.median(self._times)
         network = getattr(engine, "network", None)
         if isinstance(network, torch.nn.Module):
             out["num_parameters"] = sum(p.numel() for p in network.parameters())
