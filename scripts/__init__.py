@@ -1,6 +1,7 @@
 """MetaSeg bundle scripts: network, fitting, engines, inferer, data and I/O helpers."""
 
 from . import (
+    checkpoint,
     compare,
     data,
     demo_data,
@@ -12,14 +13,17 @@ from . import (
     inferer,
     io,
     network,
+    overrides,
     plots,
     postprocess,
     resolution,
+    resume,
     trainer,
     transforms,
 )
 
 __all__ = [
+    "checkpoint",
     "compare",
     "data",
     "demo_data",
@@ -31,9 +35,11 @@ __all__ = [
     "inferer",
     "io",
     "network",
+    "overrides",
     "plots",
     "postprocess",
     "resolution",
+    "resume",
     "trainer",
     "transforms",
 ]

@@ -50,11 +50,15 @@ def load_datalist(
         with_labels: ``False`` lists images only (``[{"image": path}, ...]``), for inference.
 
     Raises:
-        FileNotFoundError: ``dataset_dir``, the splits file, or any listed image or label file is missing.
+        FileNotFoundError: ``dataset_dir`` is missing or empty, or the splits file or a listed file is missing.
         ValueError: malformed splits file, unknown split, or unsupported ``num_classes``.
     """
     if not os.path.isdir(dataset_dir):
         raise FileNotFoundError(f"dataset_dir does not exist or is not a directory: {dataset_dir}")
+    if not os.listdir(dataset_dir):
+        raise FileNotFoundError(
+            f"dataset_dir is empty: {dataset_dir} (expected neurite-oasis subject folders, e.g. OASIS_OAS1_0001_MR1/)."
+        )
     if num_classes not in LABEL_KEYS:
         raise ValueError(
             f"num_classes must be one of {sorted(LABEL_KEYS)} for neurite-oasis labels, got {num_classes}."

@@ -49,7 +49,8 @@ def sample_points(
     """Per-sample random subsets of point indices ``[B, num_points]``, or ``None`` to use every point."""
     if num_points is None or num_points <= 0 or num_points >= num_total:
         return None
-    return torch.rand(batch_size, num_total, device=device, generator=generator).argsort(dim=1)[:, :num_points]
+    perms = [torch.randperm(num_total, device=device, generator=generator)[:num_points] for _ in range(batch_size)]
+    return torch.stack(perms)
 
 
 def gather_points(points: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:

@@ -167,7 +167,8 @@ class TrainingTimeRecorder:
     On ``STARTED`` the clock starts; on ``COMPLETED`` the stage's entry ``{"seconds", "epochs", "iterations",
     "finished"}`` is written under ``stages[stage]``, keeping the entries of other stages (e.g. meta-training and
     head fine-tuning of one model), and ``total_seconds`` is their sum. Written atomically; nothing is written for a
-    run that fails. Validation inside the run counts (it is part of training).
+    run that fails. Validation inside the run counts (it is part of training). A run resumed from a checkpoint
+    (``--resume``) records ``"resumed": true``: its seconds cover the resumed part only (``iterations_timed``).
 
     Args:
         filepath: the JSON file.
@@ -178,13 +179,20 @@ class TrainingTimeRecorder:
         self.filepath = filepath
         self.stage = stage
         self._start = 0.0
+        self._first: int | None = None
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.STARTED, self._started)
+        engine.add_event_handler(Events.ITERATION_STARTED, self._first_iteration)
         engine.add_event_handler(Events.COMPLETED, self._completed)
 
     def _started(self, engine: Engine) -> None:
         self._start = time.perf_counter()
+        self._first = None
+
+    def _first_iteration(self, engine: Engine) -> None:
+        if self._first is None:
+            self._first = int(engine.state.iteration)  # > 1 when a checkpoint was resumed at STARTED
 
     def _completed(self, engine: Engine) -> None:
         record: dict = {"stages": {}}
@@ -200,6 +208,8 @@ class TrainingTimeRecorder:
             "seconds": round(time.perf_counter() - self._start, 3),
             "epochs": int(engine.state.epoch),
             "iterations": int(engine.state.iteration),
+            "iterations_timed": int(engine.state.iteration) - (self._first or 1) + 1,
+            "resumed": (self._first or 1) > 1,
             "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
         record["total_seconds"] = round(sum(float(v["seconds"]) for v in record["stages"].values()), 3)

@@ -16,6 +16,8 @@ def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.
     """``x @ weight.T + bias`` for unbatched (``weight`` 2D) or per-sample batched (``weight`` 3D) parameters."""
     if weight.dim() == 2:
         return F.linear(x, weight, bias)
+    if weight.shape[0] == 1:  # one sample: a plain matmul, whose backward is ~2x cheaper than baddbmm's on CPU
+        return F.linear(x, weight[0], bias[0])
     return torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
 
 

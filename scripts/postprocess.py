@@ -18,6 +18,7 @@ from monai.utils import ImageMetaKey
 from torch.nn import functional as F
 
 from .io import SubjectFolderLayout
+from .overrides import as_bool
 from .plots import overlay_rgb, save_png
 
 __all__ = ["softmax_entropy", "UncertaintyMapd", "SaveOverlayd"]
@@ -44,7 +45,8 @@ class UncertaintyMapd(MapTransform):
     Args:
         keys: the probabilities' key (one key).
         output_key: key of the uncertainty map.
-        enabled: ``False`` makes the transform a no-op (no key is added).
+        enabled: ``False`` makes the transform a no-op (no key is added); ``"true"``/``"false"`` from the command
+            line are read as booleans.
         normalize: divide by ``log C`` so that values lie in [0, 1].
     """
 
@@ -60,7 +62,7 @@ class UncertaintyMapd(MapTransform):
         if len(self.keys) != 1:
             raise ValueError(f"UncertaintyMapd takes one probability key, got {self.keys}.")
         self.output_key = output_key
-        self.enabled = bool(enabled)
+        self.enabled = as_bool(enabled, "save_uncertainty")
         self.normalize = normalize
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
@@ -90,7 +92,7 @@ class SaveOverlayd(MapTransform):
         transform: the invertible preprocessing applied to ``image_key`` (``None``: the image is used as is).
         output_dir: output root folder.
         postfix: file name postfix.
-        enabled: ``False`` makes the transform a no-op.
+        enabled: ``False`` makes the transform a no-op (``"true"``/``"false"`` accepted, as for the flag above).
         num_classes: number of classes, background included (colours).
         alpha: opacity of the label colours.
         transpose: show the first array axis horizontally (neurite-oasis coronal slices upright).
@@ -115,7 +117,7 @@ class SaveOverlayd(MapTransform):
         self.image_key = image_key
         self.inverter = Invertd(image_key, transform=transform, orig_keys=image_key) if transform is not None else None
         self.layout = SubjectFolderLayout(output_dir, postfix=postfix, extension=".png")
-        self.enabled = bool(enabled)
+        self.enabled = as_bool(enabled, "save_overlay")
         self.num_classes = num_classes
         self.alpha = alpha
         self.transpose = transpose

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import shutil
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 from conftest import TINY_NET, run_bundle
+
+from scripts.network import MetaSegINR
 
 INFER = "['configs/inference.json']"
 EVAL = "['configs/inference.json','configs/evaluate.json']"
@@ -37,10 +41,6 @@ def _image(dataset_dir: Path) -> np.ndarray:
 @pytest.fixture()
 def model_dir(tmp_path) -> Path:
     """An untrained tiny model.pt is enough: every case here must fail before or without using the weights."""
-    import torch
-
-    from scripts.network import MetaSegINR
-
     d = tmp_path / "models"
     d.mkdir()
     torch.save(MetaSegINR(hidden_channels=16, num_sine_layers=2, head_channels=16).state_dict(), d / "model.pt")
@@ -190,6 +190,125 @@ def test_missing_splits_entry_key(tmp_path, tiny_dataset, model_dir):
     data = _copy_dataset(tiny_dataset[0], tmp_path / "data")
     proc = _eval(tmp_path, data, model_dir, "--num_classes", "25")  # seg24 is not part of the demo data
     assert "has no 'seg24' path" in proc.stderr
+
+
+def _infer(tmp_path: Path, dataset_dir: Path, model_dir: Path, image: Path, out: Path, *extra: str):
+    return run_bundle(
+        "run",
+        "inference",
+        "--config_file",
+        INFER,
+        "--datalist",
+        f"['{image}']",
+        "--output_dir",
+        str(out),
+        "--dataset_dir",
+        str(dataset_dir),
+        "--splits_file",
+        str(dataset_dir / "demo_splits.json"),
+        "--ckpt_dir",
+        str(model_dir),
+        *TINY_NET,
+        *extra,
+        check=False,
+    )
+
+
+def _bad_setup(case: str, tmp: Path, model_dir: Path) -> tuple[Path, list[str], str]:
+    """name -> (output_dir, extra overrides, phrase the error must contain, naming the file or option)."""
+    out = tmp / "out"
+    if case == "unknown_override":
+        return (
+            out,
+            ["--fit_stepz", "3"],
+            "--fit_stepz: no such id in ['configs/inference.json'] (did you mean --fit_steps",
+        )
+    if case == "output_dir_under_a_file":
+        (tmp / "a_file").write_text("x")
+        out = tmp / "a_file" / "out"
+        return out, [], f"output_dir is not writable: {out}"
+    if case == "output_dir_read_only":
+        out.mkdir()
+        out.chmod(0o500)
+        return out, [], f"output_dir is not writable: {out}"
+    model = model_dir / "model.pt"
+    if case == "model_other_num_classes":
+        torch.save(
+            MetaSegINR(hidden_channels=16, num_sine_layers=2, head_channels=16, num_classes=25).state_dict(), model
+        )
+        return out, [], f"{model} was trained with num_classes=25 but the config has num_classes=5"
+    if case == "model_other_width":
+        torch.save(MetaSegINR(hidden_channels=32, num_sine_layers=2, head_channels=16).state_dict(), model)
+        return out, [], f"{model} was trained with hidden_channels=32 but the config has hidden_channels=16"
+    if case == "model_truncated":
+        model.write_bytes(model.read_bytes()[:500])
+        return out, [], f"{model}: cannot read the checkpoint"
+    if case == "model_missing":
+        model.unlink()
+        return out, [], f"checkpoint not found: {model}"
+    raise ValueError(case)
+
+
+SETUP_CASES = [
+    "unknown_override",
+    "output_dir_under_a_file",
+    pytest.param("output_dir_read_only", marks=pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")),
+    "model_other_num_classes",
+    "model_other_width",
+    "model_truncated",
+    "model_missing",
+]
+
+
+@pytest.mark.parametrize("case", SETUP_CASES)
+def test_inference_rejects_bad_setup(case, tmp_path, tiny_dataset, model_dir):
+    dataset_dir, _ = tiny_dataset
+    out, extra, phrase = _bad_setup(case, tmp_path, model_dir)
+    image = sorted(dataset_dir.glob("*/slice_norm.nii.gz"))[0]
+    proc = _infer(tmp_path, dataset_dir, model_dir, image, out, *extra)
+    assert proc.returncode != 0
+    assert phrase in proc.stderr, proc.stderr[-3000:]
+    assert not list(tmp_path.rglob("*_seg.nii*"))
+
+
+def test_empty_dataset_dir(tmp_path, model_dir):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    proc = _eval(tmp_path, empty, model_dir, "--splits_file", "configs/oasis_splits.json")
+    assert f"dataset_dir is empty: {empty}" in proc.stderr
+
+
+def _large(img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The demo slice zero-padded to 192x192 and magnified 4x: a 768x768 slice (4x the training size)."""
+    square = np.zeros((192, 192), np.float32)
+    square[16:176, :] = img.reshape(160, 192)
+    return np.kron(square, np.ones((4, 4), np.float32)), np.diag([0.25, 0.25, 1.0, 1.0])
+
+
+def _anisotropic(img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The demo slice with 0.7 x 1.3 mm pixels, an oblique in-plane rotation and an offset."""
+    c, s = np.cos(0.3), np.sin(0.3)
+    affine = np.array([[0.7 * c, -1.3 * s, 0, -60.0], [0.7 * s, 1.3 * c, 0, -90.0], [0, 0, 1.0, 12.0], [0, 0, 0, 1]])
+    return img, affine
+
+
+@pytest.mark.parametrize("make", [_large, _anisotropic], ids=["768x768", "anisotropic_0.7x1.3"])
+def test_inference_keeps_geometry_of_unusual_valid_images(make, tmp_path, tiny_dataset, model_dir):
+    dataset_dir, _ = tiny_dataset
+    array, affine = make(_image(dataset_dir))
+    subject = tmp_path / "subject"
+    subject.mkdir()
+    image = _write(subject / "slice_norm.nii.gz", array, affine)
+    out = tmp_path / "out"
+    proc = _infer(tmp_path, dataset_dir, model_dir, image, out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    seg = nib.load(out / "subject" / "slice_norm_seg.nii.gz")
+    src = nib.load(image)
+    assert seg.shape == src.shape
+    np.testing.assert_allclose(seg.affine, src.affine, atol=1e-5)
+    np.testing.assert_allclose(seg.header.get_zooms()[:2], src.header.get_zooms()[:2], atol=1e-5)
+    labels = np.asarray(seg.dataobj)
+    assert labels.dtype == np.uint8 and labels.max() <= 4
 
 
 def test_loader_keeps_working_with_image_only_switched_off(tiny_dataset):

@@ -97,14 +97,14 @@ def test_inference_on_explicit_datalist(trained, tiny_dataset):
 def test_evaluation_writes_metrics(trained):
     work, common = trained
     out = work / "evaluate"
-    proc = run_bundle("run", "evaluating", "--config_file", EVAL, "--output_dir", str(out), *common)
+    proc = run_bundle("run", "evaluating", "--config_file", EVAL, "--output_dir", str(out), "--fit_steps", "3", *common)
     summary = json.loads((out / "metrics_summary.json").read_text())
     assert summary["num_images"] == 2
     assert set(summary["dice_per_class"]) == {"cortex", "subcortical_gm", "white_matter", "csf"}
     assert 0.0 <= summary["metrics"]["mean_dice"] <= 1.0
     assert 0.0 <= summary["metrics"]["mean_dice_with_background"] <= 1.0
     assert summary["metrics"]["psnr"] > 0
-    assert summary["fit_steps"] == 2 and summary["seconds_per_image"] > 0
+    assert summary["fit_steps"] == 3 and summary["seconds_per_image"] > 0
     assert (out / "mean_dice_raw.csv").is_file() and (out / "metrics.csv").is_file()
     assert "mean_dice" in proc.stdout + proc.stderr
 
@@ -124,7 +124,7 @@ def test_prepare_data_run_id_generates_the_demo_layout(default_demo):
 
 
 def test_shipped_model_keeps_its_measured_dice(default_demo, tmp_path):
-    """models/model.pt on the demo test split: 0.764 mean foreground Dice when shipped (docs/README.md)."""
+    """models/model.pt on the demo test split: 0.812 mean foreground Dice when shipped (docs/README.md)."""
     state = torch.load(REPO_ROOT / "models" / "model.pt", weights_only=True)
     MetaSegINR().load_state_dict(state)
     out = tmp_path / "eval"
@@ -142,7 +142,7 @@ def test_shipped_model_keeps_its_measured_dice(default_demo, tmp_path):
     )
     summary = json.loads((out / "metrics_summary.json").read_text())
     assert summary["num_images"] == 20
-    assert summary["metrics"]["mean_dice"] >= 0.75, summary
+    assert summary["metrics"]["mean_dice"] >= 0.79, summary
 
 
 @pytest.mark.parametrize("config,workflow_type", [("configs/train.json", "train"), ("configs/inference.json", "infer")])

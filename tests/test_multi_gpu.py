@@ -70,9 +70,12 @@ def test_two_process_training_keeps_replicas_identical(tiny_dataset, tmp_path):
         for name in states[0]:
             torch.testing.assert_close(states[0][name], states[1][name], rtol=0, atol=0, msg=f"{stage}: {name}")
     # rank 0 alone wrote the checkpoints; they load into the tiny network
-    assert {p.name for p in ckpt.glob("*.pt")} == {"meta_model.pt", "model.pt"} | {
-        f"{s}_rank{r}.pt" for s in ("meta", "final") for r in (0, 1)
-    }
+    assert {p.name for p in ckpt.glob("*.pt")} == {
+        "meta_model.pt",
+        "model.pt",
+        "checkpoint_meta.pt",
+        "checkpoint_head.pt",
+    } | {f"{s}_rank{r}.pt" for s in ("meta", "final") for r in (0, 1)}
     MetaSegINR(hidden_channels=16, num_sine_layers=2, head_channels=16).load_state_dict(
         torch.load(ckpt / "model.pt", weights_only=True)
     )

@@ -1,0 +1,148 @@
+"""A failure in the middle of a write never leaves a truncated file under the final name (checkpoints, CSVs, NIfTI)."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from ignite.engine import Engine, Events
+from monai.handlers import CheckpointSaver
+
+from scripts.handlers import MetricsSummaryHandler
+from scripts.io import AtomicCheckpointSaver, AtomicMetricsSaver, AtomicNiftiWriter
+from scripts.network import MetaSegINR
+from scripts.resume import TrainingCheckpointSaver
+
+
+class DiskFull(OSError):
+    pass
+
+
+def _half_then_fail(real):
+    """Wrap a ``save(obj, f)`` function: write the first half of what it would write to ``f``, then raise."""
+
+    def save(obj, f, *args, **kwargs):
+        buffer = io.BytesIO()
+        real(obj, buffer, *args, **kwargs)
+        data = buffer.getvalue()[: len(buffer.getvalue()) // 2]
+        if isinstance(f, (str, Path)):
+            Path(f).write_bytes(data)
+        else:
+            f.write(data)
+            f.flush()
+        raise DiskFull("no space left on device (injected)")
+
+    return save
+
+
+def _engine() -> Engine:
+    engine = Engine(lambda e, b: None)
+    engine.state.metrics = {}
+    return engine
+
+
+def _files(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.rglob("*"))
+
+
+@pytest.mark.parametrize("saver_class,atomic", [(AtomicCheckpointSaver, True), (CheckpointSaver, False)])
+def test_failed_checkpoint_save_keeps_the_previous_file(saver_class, atomic, tmp_path, monkeypatch):
+    """model.pt is replaced atomically; MONAI's own CheckpointSaver (atomic=False) is the counter-example."""
+    net = MetaSegINR(hidden_channels=8, num_sine_layers=1, head_channels=8)
+    saver = saver_class(save_dir=str(tmp_path), save_dict={"model": net}, save_final=True, final_filename="model.pt")
+    engine = _engine()
+    saver.attach(engine)
+    engine.run([0], max_epochs=1)
+    before = (tmp_path / "model.pt").read_bytes()
+    torch.load(tmp_path / "model.pt", weights_only=True)  # a plain, complete state dict
+
+    with torch.no_grad():
+        net.head[2].bias.add_(1.0)
+    monkeypatch.setattr(torch, "save", _half_then_fail(torch.save))
+    with pytest.raises(DiskFull):
+        engine.run([0], max_epochs=1)
+    if atomic:
+        assert (tmp_path / "model.pt").read_bytes() == before
+        assert _files(tmp_path) == ["model.pt"]  # no temporary file left behind
+    else:
+        assert (tmp_path / "model.pt").read_bytes() != before  # truncated in place, or deleted
+
+
+def test_failed_training_checkpoint_keeps_the_previous_one(tmp_path, monkeypatch):
+    net = MetaSegINR(hidden_channels=8, num_sine_layers=1, head_channels=8)
+    opt = torch.optim.Adam(net.parameters())
+    saver = TrainingCheckpointSaver(str(tmp_path), {"model": net, "optimizer": opt}, "checkpoint_meta.pt")
+    engine = _engine()
+    saver.attach(engine)
+
+    def fail_at_epoch_2(e: Engine) -> None:
+        if e.state.epoch == 2:
+            monkeypatch.setattr(torch, "save", _half_then_fail(torch.save))
+
+    engine.add_event_handler(Events.EPOCH_STARTED, fail_at_epoch_2)
+    with pytest.raises(DiskFull):
+        engine.run([0, 1], max_epochs=3)
+    state = torch.load(tmp_path / "checkpoint_meta.pt", weights_only=True)
+    assert state["trainer"]["iteration"] == 2 and set(state) == {"model", "optimizer", "trainer"}
+    assert _files(tmp_path) == ["checkpoint_meta.pt"]
+
+
+def test_failed_metrics_csv_write_leaves_no_file(tmp_path, monkeypatch):
+    import monai.handlers.metrics_saver as metrics_saver
+
+    real = metrics_saver.write_metrics_reports
+
+    def half_then_fail(save_dir, **kwargs):
+        real(save_dir=save_dir, **kwargs)
+        path = Path(save_dir) / "metrics.csv"
+        path.write_text(path.read_text()[:5])
+        raise DiskFull("no space left on device (injected)")
+
+    engine = _engine()
+    engine.state.metrics = {"mean_dice": 0.75, "psnr": 23.0}
+    out = tmp_path / "eval"
+    AtomicMetricsSaver(save_dir=str(out), metrics="*")(engine)
+    assert (out / "metrics.csv").read_text() == "mean_dice,0.75\npsnr,23.0\n"
+
+    (out / "metrics.csv").unlink()
+    monkeypatch.setattr(metrics_saver, "write_metrics_reports", half_then_fail)
+    with pytest.raises(DiskFull):
+        AtomicMetricsSaver(save_dir=str(out), metrics="*")(engine)
+    assert _files(out) == []
+
+
+def test_failed_summary_json_write_leaves_no_file(tmp_path, monkeypatch):
+    engine = _engine()
+    engine.state.metrics = {"mean_dice": 0.75}
+
+    def half_then_fail(obj, f, **kwargs):
+        f.write(json.dumps(obj)[:10])
+        raise DiskFull("no space left on device (injected)")
+
+    monkeypatch.setattr(json, "dump", half_then_fail)
+    with pytest.raises(DiskFull):
+        MetricsSummaryHandler(str(tmp_path), class_names=["a"])(engine)
+    assert _files(tmp_path) == []
+
+
+def test_failed_nifti_write_leaves_no_file(tmp_path, monkeypatch):
+    import nibabel as nib
+
+    real = nib.save
+    monkeypatch.setattr(nib, "save", lambda img, f: (real(img, f), _truncate(f)))
+    writer = AtomicNiftiWriter(output_dtype=np.uint8)
+    writer.set_data_array(torch.zeros(1, 8, 8), channel_dim=0)
+    writer.set_metadata({"affine": np.eye(4)}, resample=False)
+    with pytest.raises(DiskFull):
+        writer.write(str(tmp_path / "seg.nii.gz"))
+    assert _files(tmp_path) == []
+
+
+def _truncate(path: str) -> None:
+    data = Path(path).read_bytes()
+    Path(path).write_bytes(data[: len(data) // 2])
+    raise DiskFull("no space left on device (injected)")

@@ -1,0 +1,197 @@
+"""Training survives a SIGKILL (``--resume true`` continues exactly), and fixed seeds give identical results."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from conftest import REPO_ROOT, TINY_NET, run_bundle
+
+META_EPOCHS, HEAD_EPOCHS, NUM_TRAIN = 12, 8, 3
+
+
+def _training_args(
+    tiny_dataset: tuple[Path, Path], work: Path, meta_epochs: int = META_EPOCHS, head_epochs: int = HEAD_EPOCHS
+) -> list[str]:
+    dataset_dir, splits = tiny_dataset
+    return [
+        "run",
+        "training",
+        "--config_file",
+        "configs/train.json",
+        "--dataset_dir",
+        str(dataset_dir),
+        "--splits_file",
+        str(splits),
+        "--ckpt_dir",
+        str(work / "models"),
+        "--output_dir",
+        str(work / "eval"),
+        *TINY_NET,
+        "--train#trainer#max_epochs",
+        str(meta_epochs),
+        "--val_interval",
+        "2",
+        "--train#trainer#num_points",
+        "512",
+        "--finetune#trainer#max_epochs",
+        str(head_epochs),
+        "--finetune#val_interval",
+        "2",
+        "--checkpoint_interval",
+        "1",
+        "--fit_steps",  # validation fits: tiny
+        "2",
+    ]
+
+
+def _train(tiny_dataset: tuple[Path, Path], work: Path, *extra: str, **epochs: int) -> str:
+    proc = run_bundle(*_training_args(tiny_dataset, work, **epochs), *extra)
+    return proc.stdout + proc.stderr
+
+
+def _kill_when(tiny_dataset: tuple[Path, Path], work: Path, checkpoint: str, timeout: float = 300.0) -> str:
+    """Start training, SIGKILL it as soon as ``models/<checkpoint>`` appears; return its log."""
+    log = work / "killed.log"
+    env = dict(os.environ, PYTHONWARNINGS="ignore", PYTHONUNBUFFERED="1", OMP_NUM_THREADS="2")
+    with open(log, "w") as f:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "monai.bundle", *_training_args(tiny_dataset, work)],
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=f,
+            stderr=subprocess.STDOUT,
+        )
+        target, start = work / "models" / checkpoint, time.monotonic()
+        while not target.exists() and proc.poll() is None and time.monotonic() - start < timeout:
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, f"training ended before the kill:\n{log.read_text()[-3000:]}"
+    return log.read_text()
+
+
+def _trainer_state(path: Path) -> dict:
+    return torch.load(path, weights_only=True)["trainer"]
+
+
+def _assert_same_state(a: Path, b: Path) -> None:
+    sa, sb = torch.load(a, weights_only=True), torch.load(b, weights_only=True)
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert torch.equal(sa[k], sb[k]), f"{a.name} differs at {k}"
+
+
+def _epochs_completed(log: str, engine: str) -> list[int]:
+    return [int(e) for e in re.findall(rf"{engine} - INFO - Epoch\[(\d+)\] Complete", log)]
+
+
+def _saved_epochs(log: str, engine: str) -> list[int]:
+    return [int(e) for e in re.findall(rf"{engine} - INFO - Saved checkpoint at epoch: (\d+)", log)]
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_dataset, tmp_path_factory) -> Path:
+    """One uninterrupted tiny training run: its folder."""
+    work = tmp_path_factory.mktemp("reference")
+    _train(tiny_dataset, work)
+    return work
+
+
+def test_uninterrupted_run_saves_full_checkpoints(reference):
+    models = reference / "models"
+    meta, head = _trainer_state(models / "checkpoint_meta.pt"), _trainer_state(models / "checkpoint_head.pt")
+    assert (meta["iteration"], meta["epoch_length"]) == (META_EPOCHS * NUM_TRAIN, NUM_TRAIN)
+    assert head["iteration"] == HEAD_EPOCHS * NUM_TRAIN
+    full = torch.load(models / "checkpoint_meta.pt", weights_only=True)
+    assert set(full) == {"model", "optimizer", "rng", "best_model_saver", "trainer"}
+    assert not [p.name for p in models.iterdir() if p.name.startswith(".") or "tmp" in p.name]
+
+
+def test_training_is_deterministic(reference, tiny_dataset, tmp_path):
+    _train(tiny_dataset, tmp_path)
+    for name in ("meta_model.pt", "model.pt"):
+        _assert_same_state(reference / "models" / name, tmp_path / "models" / name)
+
+
+def test_inference_is_deterministic(reference, tiny_dataset, tmp_path):
+    dataset_dir, splits = tiny_dataset
+    image = sorted(dataset_dir.glob("*/slice_norm.nii.gz"))[0]
+    labels = []
+    for run in ("a", "b"):
+        out = tmp_path / run
+        run_bundle(
+            "run",
+            "inference",
+            "--config_file",
+            "configs/inference.json",
+            "--datalist",
+            f"['{image}']",
+            "--output_dir",
+            str(out),
+            "--dataset_dir",
+            str(dataset_dir),
+            "--splits_file",
+            str(splits),
+            "--ckpt_dir",
+            str(reference / "models"),
+            *TINY_NET,
+        )
+        labels.append(np.asarray(nib.load(out / image.parent.name / "slice_norm_seg.nii.gz").dataobj))
+    assert np.array_equal(labels[0], labels[1])
+
+
+def test_resume_after_kill_in_meta_stage(reference, tiny_dataset, tmp_path):
+    killed = _kill_when(tiny_dataset, tmp_path, "checkpoint_meta.pt")
+    saved = _saved_epochs(killed, "MetaSegTrainer")
+    state = _trainer_state(tmp_path / "models" / "checkpoint_meta.pt")  # complete although the process was killed
+    assert saved and state["iteration"] == saved[-1] * NUM_TRAIN < META_EPOCHS * NUM_TRAIN
+    # work lost: the epoch in progress at the kill, at most one checkpoint interval (1 epoch)
+    assert max(_epochs_completed(killed, "MetaSegTrainer")) == saved[-1]
+
+    resumed = _train(tiny_dataset, tmp_path, "--resume", "true")
+    assert f"Resumed from {tmp_path / 'models' / 'checkpoint_meta.pt'} at epoch {saved[-1]}," in resumed
+    assert _epochs_completed(resumed, "MetaSegTrainer") == list(range(saved[-1] + 1, META_EPOCHS + 1))
+    assert _trainer_state(tmp_path / "models" / "checkpoint_meta.pt")["iteration"] == META_EPOCHS * NUM_TRAIN
+    assert _trainer_state(tmp_path / "models" / "checkpoint_head.pt")["iteration"] == HEAD_EPOCHS * NUM_TRAIN
+    # same RNG streams and optimizer state: the result equals the uninterrupted run's
+    for name in ("meta_model.pt", "model.pt"):
+        _assert_same_state(reference / "models" / name, tmp_path / "models" / name)
+
+
+def test_resume_after_kill_in_head_stage_skips_the_complete_meta_stage(reference, tiny_dataset, tmp_path):
+    killed = _kill_when(tiny_dataset, tmp_path, "checkpoint_head.pt")
+    saved = _saved_epochs(killed, "HeadFineTuneTrainer")
+    assert saved and saved[-1] < HEAD_EPOCHS
+    meta_before = (tmp_path / "models" / "meta_model.pt").read_bytes()
+
+    resumed = _train(tiny_dataset, tmp_path, "--resume", "true")
+    total = META_EPOCHS * NUM_TRAIN
+    assert f"iteration {total} of {total}: this stage is complete." in resumed
+    assert _epochs_completed(resumed, "MetaSegTrainer") == []
+    assert _epochs_completed(resumed, "HeadFineTuneTrainer") == list(range(saved[-1] + 1, HEAD_EPOCHS + 1))
+    assert (tmp_path / "models" / "meta_model.pt").read_bytes() == meta_before
+    assert _trainer_state(tmp_path / "models" / "checkpoint_head.pt")["iteration"] == HEAD_EPOCHS * NUM_TRAIN
+    _assert_same_state(reference / "models" / "model.pt", tmp_path / "models" / "model.pt")
+
+
+def test_fresh_run_discards_an_earlier_runs_checkpoints(reference, tiny_dataset, tmp_path):
+    """Without --resume a new run starts from scratch, and a later --resume cannot pick up the old checkpoints."""
+    models = tmp_path / "models"
+    models.mkdir()
+    for name in ("checkpoint_meta.pt", "checkpoint_head.pt"):
+        (models / name).write_bytes((reference / "models" / name).read_bytes())
+    log = _train(tiny_dataset, tmp_path, meta_epochs=2, head_epochs=1)
+    assert "Starting afresh: deleting the earlier run's checkpoint" in log
+    assert _epochs_completed(log, "MetaSegTrainer") == [1, 2]
+    assert _trainer_state(models / "checkpoint_meta.pt")["iteration"] == 2 * NUM_TRAIN
+    assert _trainer_state(models / "checkpoint_head.pt")["iteration"] == NUM_TRAIN
