@@ -427,6 +427,10 @@ class ModelComparison:
             "Every number below was measured by that run, except the training times, whose source is named under "
             "*Cost*. Do not edit by hand: re-run the command.",
             "",
+            "## Summary",
+            "",
+            self._summary_line(ms, un),
+            "",
             "## Accuracy",
             "",
             "Dice of the argmax label map against the ground truth on the 192x192 (zero-padded) grid, averaged over "
@@ -506,6 +510,18 @@ class ModelComparison:
             "",
         ]
         return "\n".join(lines)
+
+    @staticmethod
+    def _summary_line(ms: dict, un: dict) -> str:
+        a, b = ms["metrics"]["mean_dice"], un["metrics"]["mean_dice"]
+        n_ms, n_un = ms.get("num_parameters"), un.get("num_parameters")
+        text = (
+            f"Mean foreground Dice: MetaSeg {a:.3f}, U-Net {b:.3f} (MetaSeg {a - b:+.3f}); with background: "
+            f"{ms['metrics']['mean_dice_with_background']:.3f} vs {un['metrics']['mean_dice_with_background']:.3f}."
+        )
+        if n_ms and n_un:
+            text += f" MetaSeg has {n_ms:,} parameters, {100 * (1 - n_ms / n_un):.1f}% fewer than the U-Net's {n_un:,}."
+        return text
 
     @staticmethod
     def _secs(summary: dict) -> str:

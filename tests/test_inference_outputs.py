@@ -38,7 +38,9 @@ def setup(tiny_dataset, tmp_path_factory) -> tuple[Path, list[str], list[dict]]:
 def default_run(setup) -> Path:
     work, common, _ = setup
     out = work / "default"
-    run_bundle("run", "inference", "--config_file", INFER, "--output_dir", str(out), *common)
+    # "false" from the command line (fire keeps it as a string) must switch the outputs off
+    flags = ["--save_uncertainty", "false", "--save_overlay", "false"]
+    run_bundle("run", "inference", "--config_file", INFER, "--output_dir", str(out), *common, *flags)
     return out
 
 

@@ -119,6 +119,7 @@ def test_compare_writes_the_report_and_its_pictures(compared, unet_trained):
     assert f"{n_metaseg / n_unet:.4f} ({100 * (1 - n_metaseg / n_unet):.1f}% fewer)" in text
     for name in ("cortex", "subcortical_gm", "white_matter", "csf"):
         assert re.search(rf"\| Dice {name} \| \d\.\d{{3}} \| \d\.\d{{3}} \|", text), name
+    assert f"{100 * (1 - n_metaseg / n_unet):.1f}% fewer than the U-Net's {n_unet:,}." in text
     assert "| mean Dice including background |" in text and "| PSNR of the fitted reconstruction |" in text
     # training times: MetaSeg given in the config, U-Net read from the JSON its training run wrote
     assert "| training wall time | 30 min 12 s |" in text
