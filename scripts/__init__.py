@@ -2,6 +2,7 @@
 
 from . import (
     checkpoint,
+    compare,
     data,
     demo_data,
     distributed,
@@ -13,6 +14,9 @@ from . import (
     io,
     network,
     overrides,
+    plots,
+    postprocess,
+    resolution,
     resume,
     trainer,
     transforms,
@@ -20,6 +24,7 @@ from . import (
 
 __all__ = [
     "checkpoint",
+    "compare",
     "data",
     "demo_data",
     "distributed",
@@ -31,6 +36,9 @@ __all__ = [
     "io",
     "network",
     "overrides",
+    "plots",
+    "postprocess",
+    "resolution",
     "resume",
     "trainer",
     "transforms",

@@ -1,33 +1,59 @@
-"""Evaluation summary: per-class Dice, PSNR, fit steps and time per image, printed and written as JSON."""
+"""Handlers: evaluation summary (per-class Dice, PSNR, time per image), inference timing, training wall time."""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
+import statistics
 import tempfile
+import time
 from collections.abc import Sequence
+from datetime import datetime, timezone
 
 import torch
 from ignite.engine import Engine, Events
+from monai.engines.utils import IterationEvents
 
 from .evaluator import FIT_TIME_KEY
 
-__all__ = ["MetricsSummaryHandler"]
+__all__ = ["MetricsSummaryHandler", "InferenceTimer", "TrainingTimeRecorder", "INFER_TIME_KEY", "write_json_atomic"]
+
+INFER_TIME_KEY = "infer_time"
+
+
+def write_json_atomic(obj: object, path: str) -> None:
+    """``json.dump`` into a temporary file next to ``path``, then rename it into place."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
 
 
 class MetricsSummaryHandler:
     """At the end of an evaluation run, summarise its metrics into ``<output_dir>/<filename>`` and the log.
 
     Reads ``engine.state.metrics`` (all key/additional metrics, e.g. mean Dice and PSNR), the per-image, per-class
-    details of ``dice_metric_name`` (``MeanDice(save_details=True)``) and the per-image fit times that
-    :class:`scripts.evaluator.MetaSegEvaluator` reports.
+    details of ``dice_metric_name`` (``MeanDice(save_details=True)``), the per-image seconds found under
+    ``time_key`` in each iteration's output (the fit times that :class:`scripts.evaluator.MetaSegEvaluator` reports,
+    or :class:`InferenceTimer`'s) and the network's parameter count.
 
     Args:
         output_dir: where to write the JSON summary.
         class_names: names of the foreground classes, in label order (Dice is reported per foreground class).
         dice_metric_name: name of the Dice metric in the evaluator.
         filename: JSON file name.
+        time_key: iteration output key of the per-image seconds.
     """
 
     def __init__(
@@ -37,12 +63,14 @@ class MetricsSummaryHandler:
         dice_metric_name: str = "mean_dice",
         filename: str = "metrics_summary.json",
         logger_name: str = "MetricsSummaryHandler",
+        time_key: str = FIT_TIME_KEY,
     ) -> None:
         self.output_dir = output_dir
         self.class_names = list(class_names)
         self.dice_metric_name = dice_metric_name
         self.filename = filename
         self.logger = logging.getLogger(logger_name)
+        self.time_key = time_key
         self._times: list[float] = []
 
     def attach(self, engine: Engine) -> None:
@@ -57,7 +85,7 @@ class MetricsSummaryHandler:
         output = engine.state.output
         items = output if isinstance(output, list) else [output]
         for item in items:
-            t = item.get(FIT_TIME_KEY) if isinstance(item, dict) else None
+            t = item.get(self.time_key) if isinstance(item, dict) else None
             if t is not None:
                 self._times.extend(float(v) for v in torch.as_tensor(t).reshape(-1))
 
@@ -80,6 +108,10 @@ class MetricsSummaryHandler:
             out["fit_lr"] = inferer.fit_lr
         if self._times:
             out["seconds_per_image"] = sum(self._times) / len(self._times)
+            out["seconds_per_image_median"] = statistics.median(self._times)
+        network = getattr(engine, "network", None)
+        if isinstance(network, torch.nn.Module):
+            out["num_parameters"] = sum(p.numel() for p in network.parameters())
         return out
 
     def __call__(self, engine: Engine) -> None:
@@ -88,18 +120,97 @@ class MetricsSummaryHandler:
         lines += [f"  {k}: {v:.4f}" for k, v in summary["metrics"].items()]
         lines += [f"  dice[{k}]: {v:.4f}" for k, v in summary.get("dice_per_class", {}).items()]
         if "seconds_per_image" in summary:
-            lines.append(
-                f"  fit steps: {summary.get('fit_steps')}, seconds per image: {summary['seconds_per_image']:.3f}"
-            )
+            steps = f"fit steps: {summary['fit_steps']}, " if "fit_steps" in summary else ""
+            lines.append(f"  {steps}seconds per image: {summary['seconds_per_image']:.3f}")
         self.logger.info("\n".join(lines))
-        os.makedirs(self.output_dir, exist_ok=True)
-        path = os.path.join(self.output_dir, self.filename)
-        fd, tmp = tempfile.mkstemp(dir=self.output_dir, prefix=f".{self.filename}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(summary, f, indent=2)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise
+        write_json_atomic(summary, os.path.join(self.output_dir, self.filename))
+
+
+class InferenceTimer:
+    """Put the seconds per image of each evaluator iteration (batch preparation + inferer) into its output.
+
+    Measured from ``ITERATION_STARTED`` to MONAI's ``IterationEvents.FORWARD_COMPLETED`` (before postprocessing and
+    metrics), divided by the batch size, stored as ``[B]`` under ``key`` for :class:`MetricsSummaryHandler`.
+    """
+
+    def __init__(self, key: str = INFER_TIME_KEY) -> None:
+        self.key = key
+        self._start = 0.0
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.ITERATION_STARTED, self._started)
+        engine.add_event_handler(IterationEvents.FORWARD_COMPLETED, self._completed)
+
+    @staticmethod
+    def _sync(engine: Engine) -> None:
+        device = getattr(engine.state, "device", None)
+        if isinstance(device, torch.device) and device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    def _started(self, engine: Engine) -> None:
+        self._sync(engine)
+        self._start = time.perf_counter()
+
+    def _completed(self, engine: Engine) -> None:
+        self._sync(engine)
+        output = engine.state.output
+        pred = output.get("pred") if isinstance(output, dict) else None
+        batch = int(pred.shape[0]) if isinstance(pred, torch.Tensor) else 1
+        seconds = (time.perf_counter() - self._start) / max(batch, 1)
+        if isinstance(output, dict):
+            output[self.key] = torch.full((batch,), seconds)
+
+
+class TrainingTimeRecorder:
+    """Record a training stage's wall time into a small JSON file (``<ckpt_dir>/<model>_train_time.json``).
+
+    On ``STARTED`` the clock starts; on ``COMPLETED`` the stage's entry ``{"seconds", "epochs", "iterations",
+    "finished"}`` is written under ``stages[stage]``, keeping the entries of other stages (e.g. meta-training and
+    head fine-tuning of one model), and ``total_seconds`` is their sum. Written atomically; nothing is written for a
+    run that fails. Validation inside the run counts (it is part of training). A run resumed from a checkpoint
+    (``--resume``) records ``"resumed": true``: its seconds cover the resumed part only (``iterations_timed``).
+
+    Args:
+        filepath: the JSON file.
+        stage: this run's name in the file.
+    """
+
+    def __init__(self, filepath: str, stage: str = "training") -> None:
+        self.filepath = filepath
+        self.stage = stage
+        self._start = 0.0
+        self._first: int | None = None
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self._started)
+        engine.add_event_handler(Events.ITERATION_STARTED, self._first_iteration)
+        engine.add_event_handler(Events.COMPLETED, self._completed)
+
+    def _started(self, engine: Engine) -> None:
+        self._start = time.perf_counter()
+        self._first = None
+
+    def _first_iteration(self, engine: Engine) -> None:
+        if self._first is None:
+            self._first = int(engine.state.iteration)  # > 1 when a checkpoint was resumed at STARTED
+
+    def _completed(self, engine: Engine) -> None:
+        record: dict = {"stages": {}}
+        if os.path.isfile(self.filepath):
+            try:
+                with open(self.filepath) as f:
+                    loaded = json.load(f)
+                if isinstance(loaded, dict) and isinstance(loaded.get("stages"), dict):
+                    record = loaded
+            except (OSError, ValueError):
+                pass
+        record["stages"][self.stage] = {
+            "seconds": round(time.perf_counter() - self._start, 3),
+            "epochs": int(engine.state.epoch),
+            "iterations": int(engine.state.iteration),
+            "iterations_timed": int(engine.state.iteration) - (self._first or 1) + 1,
+            "resumed": (self._first or 1) > 1,
+            "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        record["total_seconds"] = round(sum(float(v["seconds"]) for v in record["stages"].values()), 3)
+        write_json_atomic(record, self.filepath)

@@ -21,6 +21,7 @@ from .fitting import (
     unflatten_points,
 )
 from .network import TRUNK_PREFIXES, MetaSegINR
+from .resolution import check_scale, scale_affine, scaled_coordinate_grid
 
 __all__ = ["FitResult", "MetaSegInferer"]
 
@@ -51,6 +52,9 @@ class MetaSegInferer(Inferer):
         seed: seed of those subsets.
         decode_chunk: number of points decoded at a time, which bounds the memory of decoding large images and
             volumes (``None``: all at once). With ``fit_points`` set, the fit is bounded too.
+        output_scale: ``__call__`` decodes on a grid this many times finer than the input in every spatial dim
+            (positive integer; see :mod:`scripts.resolution`), with the fine affine when the input is a
+            ``MetaTensor``. :meth:`fit_decode` (evaluation against labels) always decodes on the input's grid.
     """
 
     def __init__(
@@ -61,6 +65,7 @@ class MetaSegInferer(Inferer):
         fit_points: int | None = 8192,
         seed: int = 0,
         decode_chunk: int | None = 65536,
+        output_scale: int = 1,
     ) -> None:
         super().__init__()
         if fit_steps < 0:
@@ -73,6 +78,7 @@ class MetaSegInferer(Inferer):
         self.fit_points = fit_points
         self.seed = int(seed)
         self.decode_chunk = decode_chunk
+        self.output_scale = check_scale(output_scale)
 
     @staticmethod
     def _unwrap(network: torch.nn.Module) -> MetaSegINR:
@@ -113,15 +119,29 @@ class MetaSegInferer(Inferer):
         params = {k: v.detach() for k, v in params.items()}
         return FitResult(params=params, coords=coords, spatial_shape=spatial_shape)
 
-    @torch.no_grad()
     def decode(self, fit: FitResult, network: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
         """Class logits ``[B, C, *spatial]`` and reconstruction ``[B, 1, *spatial]`` of a fitted batch."""
+        return self.decode_on_grid(fit, network, fit.coords, fit.spatial_shape)
+
+    @torch.no_grad()
+    def decode_on_grid(
+        self, fit: FitResult, network: torch.nn.Module, coords: torch.Tensor, spatial_shape: tuple[int, ...]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits ``[B, C, *spatial_shape]`` and reconstruction ``[B, 1, *spatial_shape]`` at any coordinates.
+
+        ``coords`` ``[N, D]`` or ``[B, N, D]`` (``N = prod(spatial_shape)``, in the order of ``spatial_shape``), e.g.
+        :func:`scripts.resolution.scaled_coordinate_grid` for a finer grid than the fitted image's.
+        """
         net = self._unwrap(network)
-        chunk = self.decode_chunk or fit.coords.shape[1]
-        outputs = [net.functional_forward(c, fit.params) for c in fit.coords.split(chunk, dim=1)]
+        batch = next(iter(fit.params.values())).shape[0]
+        coords = coords.to(fit.coords.device)
+        if coords.dim() == 2:
+            coords = coords.expand(batch, -1, -1)
+        chunk = self.decode_chunk or coords.shape[1]
+        outputs = [net.functional_forward(c, fit.params) for c in coords.split(chunk, dim=1)]
         intensity = torch.cat([o[0] for o in outputs], dim=1)
         logits = torch.cat([o[2] for o in outputs], dim=1)
-        return unflatten_points(logits, fit.spatial_shape), unflatten_points(intensity, fit.spatial_shape)
+        return unflatten_points(logits, spatial_shape), unflatten_points(intensity, spatial_shape)
 
     def fit_decode(self, inputs: torch.Tensor, network: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
         """Fit then decode: ``(logits [B, C, *spatial], reconstruction [B, 1, *spatial])``.
@@ -135,5 +155,21 @@ class MetaSegInferer(Inferer):
         return logits, recon
 
     def __call__(self, inputs: torch.Tensor, network: torch.nn.Module, *args: Any, **kwargs: Any) -> torch.Tensor:
-        """Class logits ``[B, C, *spatial]`` of ``inputs`` ``[B, 1, *spatial]``."""
-        return self.fit_decode(inputs, network)[0]
+        """Class logits ``[B, C, *spatial]`` of ``inputs`` ``[B, 1, *spatial]`` (``output_scale`` times finer)."""
+        if self.output_scale == 1:
+            return self.fit_decode(inputs, network)[0]
+        return self.fit_decode_scaled(inputs, network, self.output_scale)
+
+    def fit_decode_scaled(self, inputs: torch.Tensor, network: torch.nn.Module, scale: int) -> torch.Tensor:
+        """Fit ``inputs``, then decode class logits ``[B, C, *(scale * spatial)]`` on the finer grid.
+
+        A ``MetaTensor`` input's metadata is kept, with the affine of the finer grid (:func:`scale_affine`).
+        """
+        fit = self.fit(inputs, network)
+        shape = tuple(scale * s for s in fit.spatial_shape)
+        coords = scaled_coordinate_grid(fit.spatial_shape, scale, device=fit.coords.device)
+        logits = self.decode_on_grid(fit, network, coords, shape)[0]
+        if isinstance(inputs, MetaTensor):
+            logits = convert_to_dst_type(logits, inputs, dtype=logits.dtype)[0]
+            logits.affine = scale_affine(inputs.affine, scale, len(fit.spatial_shape))
+        return logits
