@@ -108,7 +108,9 @@ class MetaSegInferer(Inferer):
             generator = torch.Generator(device=target.device).manual_seed(self.seed)
 
             def reconstruction_loss(p: dict[str, torch.Tensor]) -> torch.Tensor:
-                index = sample_points(coords.shape[1], self.fit_points, coords.shape[0], target.device, generator)
+                # one subset shared by the batch: an image's fit does not depend on what it is batched with
+                index = sample_points(coords.shape[1], self.fit_points, 1, target.device, generator)
+                index = None if index is None else index.expand(coords.shape[0], -1)
                 intensity, _, _ = net.functional_forward(gather_points(coords, index), p, with_logits=False)
                 return F.mse_loss(intensity, gather_points(target, index))
 

@@ -1,5 +1,6 @@
 """The inner loop and the test-time fit: second-order gradients, convergence, and weight safety."""
 
+import pytest
 import torch
 from ignite.engine import Events
 from monai.losses import FocalLoss
@@ -94,10 +95,11 @@ def test_test_time_fit_lowers_mse_and_keeps_weights():
     assert all(p.grad is None for p in net.parameters())
 
 
-def test_batched_fit_equals_single_fits():
+@pytest.mark.parametrize("fit_points", [None, 20])
+def test_batched_fit_equals_single_fits(fit_points):
     net = _tiny_net()
     images = torch.rand(3, 1, 8, 8)
-    inferer = MetaSegInferer(fit_steps=5, fit_lr=1e-2)
+    inferer = MetaSegInferer(fit_steps=5, fit_lr=1e-2, fit_points=fit_points)
     batched, _ = inferer.fit_decode(images, net)
     for i in range(3):
         single, _ = inferer.fit_decode(images[i : i + 1], net)
