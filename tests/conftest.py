@@ -24,6 +24,19 @@ TINY_NET = [
 ]
 
 
+def data_args(dataset_dir: Path, splits_file: Path, ckpt_dir: Path) -> list[str]:
+    """Overrides pointing a workflow at a (tiny) dataset and checkpoint folder, with the tiny network."""
+    return [
+        "--dataset_dir",
+        str(dataset_dir),
+        "--splits_file",
+        str(splits_file),
+        "--ckpt_dir",
+        str(ckpt_dir),
+        *TINY_NET,
+    ]
+
+
 def run_bundle(*args: str, check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
     """Run ``python -m monai.bundle <args>`` in the repository root, as a user would."""
     env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))

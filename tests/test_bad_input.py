@@ -12,7 +12,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_NET, run_bundle
+from conftest import data_args, run_bundle
 
 from scripts.network import MetaSegINR
 
@@ -100,13 +100,7 @@ def test_inference_rejects_bad_image(case, tmp_path, tiny_dataset, model_dir):
         f"['{bad}']",
         "--output_dir",
         str(out),
-        "--dataset_dir",
-        str(dataset_dir),
-        "--splits_file",
-        str(splits),
-        "--ckpt_dir",
-        str(model_dir),
-        *TINY_NET,
+        *data_args(dataset_dir, splits, model_dir),
         check=False,
     )
     assert proc.returncode != 0
@@ -123,13 +117,7 @@ def _eval(tmp_path: Path, dataset_dir: Path, model_dir: Path, *extra: str):
         EVAL,
         "--output_dir",
         str(out),
-        "--dataset_dir",
-        str(dataset_dir),
-        "--splits_file",
-        str(dataset_dir / "demo_splits.json"),
-        "--ckpt_dir",
-        str(model_dir),
-        *TINY_NET,
+        *data_args(dataset_dir, dataset_dir / "demo_splits.json", model_dir),
         *extra,
         check=False,
     )
@@ -202,13 +190,7 @@ def _infer(tmp_path: Path, dataset_dir: Path, model_dir: Path, image: Path, out:
         f"['{image}']",
         "--output_dir",
         str(out),
-        "--dataset_dir",
-        str(dataset_dir),
-        "--splits_file",
-        str(dataset_dir / "demo_splits.json"),
-        "--ckpt_dir",
-        str(model_dir),
-        *TINY_NET,
+        *data_args(dataset_dir, dataset_dir / "demo_splits.json", model_dir),
         *extra,
         check=False,
     )

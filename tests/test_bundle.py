@@ -9,7 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import REPO_ROOT, TINY_NET, run_bundle
+from conftest import REPO_ROOT, data_args, run_bundle
 
 from scripts.network import MetaSegINR
 
@@ -22,15 +22,7 @@ def trained(tiny_dataset, tmp_path_factory) -> tuple[Path, list[str]]:
     """Run tiny meta-training + head fine-tuning once; return the checkpoint dir and the shared overrides."""
     dataset_dir, splits = tiny_dataset
     work = tmp_path_factory.mktemp("bundle")
-    common = [
-        "--dataset_dir",
-        str(dataset_dir),
-        "--splits_file",
-        str(splits),
-        "--ckpt_dir",
-        str(work / "models"),
-        *TINY_NET,
-    ]
+    common = data_args(dataset_dir, splits, work / "models")
     run_bundle(
         "run",
         "training",

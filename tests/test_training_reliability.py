@@ -14,7 +14,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import REPO_ROOT, TINY_NET, run_bundle
+from conftest import REPO_ROOT, data_args, run_bundle
 
 META_EPOCHS, HEAD_EPOCHS, NUM_TRAIN = 12, 8, 3
 
@@ -28,15 +28,9 @@ def _training_args(
         "training",
         "--config_file",
         "configs/train.json",
-        "--dataset_dir",
-        str(dataset_dir),
-        "--splits_file",
-        str(splits),
-        "--ckpt_dir",
-        str(work / "models"),
+        *data_args(dataset_dir, splits, work / "models"),
         "--output_dir",
         str(work / "eval"),
-        *TINY_NET,
         "--train#trainer#max_epochs",
         str(meta_epochs),
         "--val_interval",
@@ -138,13 +132,7 @@ def test_inference_is_deterministic(reference, tiny_dataset, tmp_path):
             f"['{image}']",
             "--output_dir",
             str(out),
-            "--dataset_dir",
-            str(dataset_dir),
-            "--splits_file",
-            str(splits),
-            "--ckpt_dir",
-            str(reference / "models"),
-            *TINY_NET,
+            *data_args(dataset_dir, splits, reference / "models"),
         )
         labels.append(np.asarray(nib.load(out / image.parent.name / "slice_norm_seg.nii.gz").dataobj))
     assert np.array_equal(labels[0], labels[1])
