@@ -121,12 +121,13 @@ def test_ckpt_export_gives_torchscript_equal_to_eager(tmp_path):
         assert not torch.allclose(scripted(coords), MetaSegINR()(coords))  # weights came from model.pt
 
 
-def test_large_files_hash_matches_the_shipped_model():
+@pytest.mark.parametrize("path", ["models/model.pt", "models/unet.pt"])
+def test_large_files_hash_matches_the_shipped_weights(path):
     text = (REPO_ROOT / "large_files.yml").read_text()
-    entry = re.search(r'path:\s*"models/model.pt".*?hash_val:\s*"([0-9a-f]+)".*?hash_type:\s*"(\w+)"', text, re.S)
-    assert entry is not None, "large_files.yml has no models/model.pt entry with hash_val and hash_type"
+    entry = re.search(rf'path:\s*"{path}".*?hash_val:\s*"([0-9a-f]+)".*?hash_type:\s*"(\w+)"', text, re.S)
+    assert entry is not None, f"large_files.yml has no {path} entry with hash_val and hash_type"
     assert entry.group(2) == "sha256"
-    assert hashlib.sha256((REPO_ROOT / "models" / "model.pt").read_bytes()).hexdigest() == entry.group(1)
+    assert hashlib.sha256((REPO_ROOT / path).read_bytes()).hexdigest() == entry.group(1)
 
 
 @pytest.mark.parametrize("path", ["models/model.ts", ".venv-monailabel/bin/python", "dist/x.zip"])
