@@ -122,6 +122,18 @@ class MetaSegINR(nn.Module):
         Returns:
             ``(intensity [B, N, out_channels], features [B, N, hidden], logits [B, N, C] or None)``.
         """
+        batch = params["trunk.0.weight"].shape[0] if params["trunk.0.weight"].dim() == 3 else 1
+        if batch > 1 and coords.device.type == "cpu":
+            # per-sample weights on a CPU: one plain-matmul pass per sample beats baddbmm, whose backward is ~2x slower
+            own = dict(self.named_parameters())
+            outs = []
+            for i in range(batch):
+                sample = {k: v[i : i + 1] if k in own and v.dim() > own[k].dim() else v for k, v in params.items()}
+                outs.append(
+                    self.functional_forward(coords[i : i + 1] if len(coords) > 1 else coords, sample, with_logits)
+                )
+            logits = torch.cat([o[2] for o in outs]) if with_logits else None
+            return torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs]), logits
         x = coords
         w0 = self.omega0
         for i in range(len(self.trunk)):

@@ -33,6 +33,27 @@ def test_functional_forward_batched_matches_module():
     torch.testing.assert_close(torch.cat([intensity, logits], -1), expected, rtol=1e-5, atol=1e-5)
 
 
+def test_batched_parameters_cpu_loop_matches_baddbmm():
+    """On a CPU, per-sample weights run sample by sample; the result equals the batched-matmul path."""
+    from scripts.network import _linear
+
+    x, w, b = torch.randn(3, 7, 4), torch.randn(3, 5, 4), torch.randn(3, 5)
+    per_sample = torch.stack([torch.nn.functional.linear(x[i], w[i], b[i]) for i in range(3)])
+    torch.testing.assert_close(_linear(x, w, b), per_sample)  # the batched-matmul path (used on GPUs)
+    torch.testing.assert_close(_linear(x[:1], w[:1], b[:1]), torch.baddbmm(b[:1].unsqueeze(1), x[:1], w[:1].mT))
+    net = MetaSegINR(hidden_channels=8, num_sine_layers=2, head_channels=8)
+    params = {
+        k: v.detach().unsqueeze(0).repeat(3, *[1] * v.dim()) + 0.01 * torch.randn(3, *v.shape)
+        for k, v in net.param_dict().items()
+    }
+    coords = torch.rand(3, 11, 2)
+    looped = net.functional_forward(coords, params)
+    for i in range(3):
+        single = net.functional_forward(coords[i : i + 1], {k: v[i] for k, v in params.items()})
+        for a, b_ in zip(looped, single):
+            torch.testing.assert_close(a[i : i + 1], b_)
+
+
 def test_siren_initialisation_bounds():
     net = MetaSegINR(omega0=30.0)
     assert net.trunk[0].weight.abs().max() <= 1.0 / 2
