@@ -82,7 +82,7 @@ class MetaSegINR(nn.Module):
         self.fit_lr_scale = nn.ParameterDict()  # trunk parameter name (dots as underscores) -> log lr factor
         self._fit_lr_names: dict[str, str] = {}
         if learned_fit_lr is not None:
-            for name, p in self.named_parameters():
+            for name, p in list(self.named_parameters()):
                 if name.startswith(TRUNK_PREFIXES):
                     key = name.replace(".", "_")
                     self.fit_lr_scale[key] = nn.Parameter(torch.zeros(p.shape if learned_fit_lr == "element" else ()))
