@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from scripts.demo_data import prepare_demo_data
 
@@ -22,6 +23,17 @@ TINY_NET = [
     "--network_def#head_channels",
     "16",
 ]
+
+
+def save_tiny_metaseg(models_dir: Path) -> Path:
+    """Random (untrained, seeded) weights of the ``TINY_NET`` MetaSeg as ``<models_dir>/model.pt``."""
+    from scripts.network import MetaSegINR
+
+    tiny = {k.lstrip("-").split("#")[-1]: int(v) for k, v in zip(TINY_NET[::2], TINY_NET[1::2])}
+    models_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    torch.save(MetaSegINR(**tiny).state_dict(), models_dir / "model.pt")
+    return models_dir / "model.pt"
 
 
 def data_args(dataset_dir: Path, splits_file: Path, ckpt_dir: Path) -> list[str]:

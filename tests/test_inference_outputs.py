@@ -9,11 +9,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
-from conftest import TINY_NET, run_bundle
+from conftest import data_args, run_bundle, save_tiny_metaseg
 from PIL import Image
-
-from scripts.network import MetaSegINR
 
 INFER = "['configs/inference.json']"
 
@@ -23,13 +20,8 @@ def setup(tiny_dataset, tmp_path_factory) -> tuple[Path, list[str], list[dict]]:
     """Random tiny MetaSeg weights (no training) and the overrides that point the bundle at them."""
     dataset_dir, splits = tiny_dataset
     work = tmp_path_factory.mktemp("outputs")
-    (work / "models").mkdir()
-    torch.manual_seed(0)
-    torch.save(
-        MetaSegINR(hidden_channels=16, num_sine_layers=2, head_channels=16).state_dict(), work / "models/model.pt"
-    )
-    common = ["--dataset_dir", str(dataset_dir), "--splits_file", str(splits), "--ckpt_dir", str(work / "models")]
-    common += [*TINY_NET, "--fit_steps", "2"]
+    save_tiny_metaseg(work / "models")
+    common = [*data_args(dataset_dir, splits, work / "models"), "--fit_steps", "2"]
     test = json.loads(Path(splits).read_text())["test"]
     return work, common, [{"subject": Path(e["img"]).parent.name, "img": dataset_dir / e["img"]} for e in test]
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO_ROOT, TINY_NET, run_bundle
+from conftest import REPO_ROOT, TINY_NET, run_bundle, save_tiny_metaseg
 from monai.bundle import ConfigParser
 from monai.networks.nets import BasicUNet
 from PIL import Image
@@ -88,11 +88,7 @@ def compared(unet_trained, tiny_dataset, tmp_path_factory) -> tuple[Path, Path, 
     work, _ = unet_trained
     dataset_dir, splits = tiny_dataset
     tmp = tmp_path_factory.mktemp("compare")
-    (tmp / "models").mkdir()
-    torch.manual_seed(0)
-    torch.save(
-        MetaSegINR(hidden_channels=16, num_sine_layers=2, head_channels=16).state_dict(), tmp / "models/model.pt"
-    )
+    save_tiny_metaseg(tmp / "models")
     tiny_metaseg = {k.lstrip("-"): int(v) for k, v in zip(TINY_NET[::2], TINY_NET[1::2])}
     (tmp / "tiny_metaseg.json").write_text(json.dumps({**tiny_metaseg, "fit_steps": 2}))
     (tmp / "tiny_unet.json").write_text(json.dumps({"network_def#features": TINY_FEATURES}))
