@@ -33,28 +33,13 @@ from monai.metrics import DiceMetric, PSNRMetric
 from monai.networks.utils import one_hot
 from torch.nn import functional as F
 
+from scripts.compare import read_peak_memory
 from scripts.fitting import adam_fit, coordinate_grid, flatten_image
 from scripts.inferer import MetaSegInferer
 from scripts.network import TRUNK_PREFIXES, MetaSegINR
 from scripts.trainer import MetaSegTrainer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def reset_peak_rss() -> None:
-    """Reset the kernel's resident-memory high-water mark of this process (Linux ``clear_refs``)."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
-
-
-def peak_rss_mib() -> float:
-    """Peak resident memory of this process since the last :func:`reset_peak_rss`, in MiB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024.0
-    return float("nan")
 
 
 def matmul_peak_gflops(n: int = 2048, repeats: int = 10) -> float:
@@ -122,10 +107,12 @@ def scores(logits: torch.Tensor, recon: torch.Tensor, images: torch.Tensor, labe
 
 def timed(fn, *args) -> tuple[float, float, object]:
     """(seconds, peak RSS MiB, result) of ``fn(*args)``."""
-    reset_peak_rss()
-    start = time.perf_counter()
-    out = fn(*args)
-    return time.perf_counter() - start, peak_rss_mib(), out
+    memory: dict = {}
+    with read_peak_memory(memory):
+        start = time.perf_counter()
+        out = fn(*args)
+        seconds = time.perf_counter() - start
+    return seconds, memory["peak_rss_mib"], out
 
 
 def bench_fit(net, images, labels, inferer: MetaSegInferer, ref_steps: int, peak: float) -> list[dict]:
