@@ -5,6 +5,12 @@ matter probability maps) that ships inside the nilearn wheel, so nothing is down
 following FreeSurfer's seg4 convention (0 background, 1 cortex, 2 subcortical grey matter, 3 white matter,
 4 ventricular CSF) is derived once in template space; each subject is then a randomly (affinely + elastically)
 deformed, intensity-perturbed resampling of it. See docs/data_license.txt for provenance and licence.
+
+The labels are checked over the whole volume (3D, ``spatial_dims=3``; about 10 s per subject on one CPU core): the
+striatum is the deep grey matter connected to striatal seeds (not the cingulate gyrus), and cisternal CSF next to the
+ventricles is background. Inside the coronal band used by the 2D slices (MNI y -36..4 mm) the labels are those of
+version 1.0, so 2D subjects are identical to it. Known simplification: the cerebellar cortex (subcortical GM here) is
+cut at MNI z = -12 mm, so the top of the vermis is labelled cortex.
 """
 
 from __future__ import annotations
@@ -15,7 +21,6 @@ import json
 import os
 import shutil
 import tempfile
-import warnings
 from pathlib import Path
 
 import nibabel as nib
@@ -26,7 +31,7 @@ __all__ = ["DEMO_SUBJECT_FMT", "GENERATOR_VERSION", "SEG4_LABELS", "prepare_demo
 
 DEMO_SUBJECT_FMT = "OASIS_OAS1_{:04d}_MR1"
 GENERATOR_NAME = "metaseg-demo-data"
-GENERATOR_VERSION = "1.0"
+GENERATOR_VERSION = "1.1"  # 1.1: 3D labels corrected outside the 2D band (2D data unchanged)
 MANIFEST_NAME = "demo_manifest.json"
 SPLITS_NAME = {2: "demo_splits.json", 3: "demo_splits_3d.json"}
 
@@ -147,7 +152,10 @@ def _template() -> dict:
 
     # subcortical grey matter: deep GM (basal ganglia), thalamus, hippocampus, amygdala, pallidum, cerebellar cortex
     deep = (depth > 24) & (np.abs(x) < 33) & (z > -22) & (z < 30) & (y > -40) & (y < 32)
-    subcort = is_gm & deep
+    # striatum (caudate, putamen, accumbens): the deep grey-matter pieces holding a striatal seed; this drops the
+    # cingulate gyrus and medial frontal cortex, which the depth box also reaches in front of the thalamus
+    striatal_seeds = [vox((s * dx, dy, dz)) for s in (1, -1) for dx, dy, dz in ((13, 12, 10), (25, 2, 0), (10, 10, -8))]
+    subcort = _largest_components(is_gm & deep, striatal_seeds) | (is_gm & deep & (y <= 4))
     thalamus = _ellipsoid(xyz, (11.5, -18, 6), (9.5, 15, 11))
     subcort |= thalamus & (gm > 0.3) & (csf < np.maximum(gm, wm))
     pallidum = _ellipsoid(xyz, (19, -3, -1), (5, 9, 5.5))
@@ -177,6 +185,10 @@ def _template() -> dict:
     labels[~envelope] = 0  # sulcal / extracerebral CSF stays background
     labels[(labels > 0) & ~(is_gm | is_wm | subcort)] = 0
     labels[ventricles] = 4
+    # 3D corrections away from the 2D coronal band (MNI y -36..4 mm keeps version 1.0's labels, so the 2D data is
+    # unchanged): cisternal CSF that the dark-voxel rule joined to the ventricles is background
+    cisterns = ((np.abs(x) < 3) & (z > 22)) | ((np.abs(x) < 9) & (y < -30) & (z > -4) & (z < 16))
+    labels[cisterns & (labels == 4) & ((y < -36) | (y > 4))] = 0
 
     onehot = np.stack([(labels == c).astype(np.float32) for c in range(NUM_CLASSES)])
     # gradient of the smoothed ventricle mask: used to enlarge / shrink ventricles per subject (atrophy)
@@ -379,13 +391,6 @@ def prepare_demo_data(
     counts = (int(num_train), int(num_val), int(num_test))
     if min(counts) < 0 or sum(counts) < 1:
         raise ValueError(f"subject counts must be >= 0 with at least one subject, got {counts}")
-    if spatial_dims == 3:
-        warnings.warn(
-            "3D demo data is experimental: the template labels were only checked near the coronal slab used for 2D "
-            "(MNI y -30..0 mm); the anterior striatum, midbrain and midline cisterns are mislabelled elsewhere, and "
-            "generation takes ~10 s per subject.",
-            stacklevel=2,
-        )
     params = _manifest_params(*counts, int(seed), int(spatial_dims))
     out = Path(dataset_dir).expanduser().absolute()
     splits_path = out / SPLITS_NAME[spatial_dims]
