@@ -147,3 +147,31 @@ def test_2d_and_3d_switch_by_config_file_refuses_the_wrong_input(trained_3d, tin
         assert proc.returncode != 0
         assert all(p in proc.stderr for p in phrases), proc.stderr[-2000:]
         assert not list(out.rglob("*.nii.gz"))
+
+
+SEGRESNET = "['configs/train_unet.json','configs/train_segresnet.json']"
+EVAL_SEGRESNET = "['configs/train_unet.json','configs/train_segresnet.json','configs/evaluate_unet.json','configs/evaluate_segresnet.json']"
+
+
+def test_segresnet_baseline_trains_and_evaluates_on_the_same_volumes(tiny_volumes, tmp_path):
+    root, splits = tiny_volumes
+    args = ["--dataset_dir", str(root), "--splits_file", str(splits), "--ckpt_dir", str(tmp_path / "models")]
+    args += ["--image_size", "[16,16,20]", "--network_def#init_filters", "8"]
+    run_bundle(
+        "run",
+        "training",
+        "--config_file",
+        SEGRESNET,
+        "--output_dir",
+        str(tmp_path / "train"),
+        *args,
+        "--train#trainer#max_epochs",
+        "1",
+        "--val_interval",
+        "1",
+    )
+    assert (tmp_path / "models" / "segresnet.pt").is_file()
+    out = tmp_path / "eval"
+    run_bundle("run", "evaluating", "--config_file", EVAL_SEGRESNET, "--output_dir", str(out), *args)
+    summary = json.loads((out / "metrics_summary.json").read_text())
+    assert summary["num_images"] == 2 and 0.0 <= summary["metrics"]["mean_dice"] <= 1.0
