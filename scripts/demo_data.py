@@ -89,6 +89,18 @@ def _largest_components(mask: np.ndarray, seeds_vox: list[tuple[int, int, int]])
     return np.isin(lab, list(ids)) if ids else np.zeros_like(mask)
 
 
+def _snap_seeds(mask: np.ndarray, seeds_vox: list[tuple[int, ...]], radius: int = 5) -> list[tuple[int, ...]]:
+    """Each seed moved to the nearest voxel of ``mask`` within a box of ``radius`` voxels (dropped if none)."""
+    snapped = []
+    for v in seeds_vox:
+        box = tuple(slice(max(c - radius, 0), c + radius + 1) for c in v)
+        cand = np.argwhere(mask[box])
+        if len(cand):
+            d2 = ((cand - radius) ** 2).sum(1)
+            snapped.append(tuple(int(c + b.start) for c, b in zip(cand[np.argmin(d2)], box)))
+    return snapped
+
+
 @functools.lru_cache(maxsize=1)
 def _template() -> dict:
     """Load the MNI152 template and derive the seg4 label volume (computed once per process)."""
@@ -128,14 +140,7 @@ def _template() -> dict:
     seeds = [(s * 14, -16, 20) for s in (1, -1)] + [(s * 22, -40, 14) for s in (1, -1)]  # lateral ventricles
     seeds += [(0, -14, 4), (0, -45, -32)]  # 3rd, 4th ventricle
     seeds += [(s * 30, -20, -14) for s in (1, -1)] + [(s * 28, -28, -8) for s in (1, -1)]  # temporal horns
-    seeds_vox = []
-    for p in seeds:  # snap each seed to the nearest dark voxel within 5 mm
-        v = vox(p)
-        box = tuple(slice(max(c - 5, 0), c + 6) for c in v)
-        cand = np.argwhere(dark[box])
-        if len(cand):
-            d2 = ((cand - 5) ** 2).sum(1)
-            seeds_vox.append(tuple(int(c + b.start) for c, b in zip(cand[np.argmin(d2)], box)))
+    seeds_vox = _snap_seeds(dark, [vox(p) for p in seeds])
     ventricle_roi = (np.abs(x) < 36) & (y > -90) & (y < 40) & (z > -50) & (z < 40)
     ventricle_roi &= ~((np.abs(x) > 24) & (z > 26))
     ventricle_roi &= ~((np.abs(x) > 5) & (np.abs(x) < 20) & (z < -4))  # ambient / crural cisterns
@@ -154,8 +159,8 @@ def _template() -> dict:
     deep = (depth > 24) & (np.abs(x) < 33) & (z > -22) & (z < 30) & (y > -40) & (y < 32)
     # striatum (caudate, putamen, accumbens): the deep grey-matter pieces holding a striatal seed; this drops the
     # cingulate gyrus and medial frontal cortex, which the depth box also reaches in front of the thalamus
-    striatal_seeds = [vox((s * dx, dy, dz)) for s in (1, -1) for dx, dy, dz in ((13, 12, 10), (25, 2, 0), (10, 10, -8))]
-    subcort = _largest_components(is_gm & deep, striatal_seeds) | (is_gm & deep & (y <= 4))
+    striatal = [vox((s * dx, dy, dz)) for s in (1, -1) for dx, dy, dz in ((13, 12, 10), (24, 6, 2), (10, 10, -8))]
+    subcort = _largest_components(is_gm & deep, _snap_seeds(is_gm & deep, striatal)) | (is_gm & deep & (y <= 4))
     thalamus = _ellipsoid(xyz, (11.5, -18, 6), (9.5, 15, 11))
     subcort |= thalamus & (gm > 0.3) & (csf < np.maximum(gm, wm))
     pallidum = _ellipsoid(xyz, (19, -3, -1), (5, 9, 5.5))
