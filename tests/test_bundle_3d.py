@@ -150,7 +150,14 @@ def test_2d_and_3d_switch_by_config_file_refuses_the_wrong_input(trained_3d, tin
 
 
 SEGRESNET = "['configs/train_unet.json','configs/train_segresnet.json']"
-EVAL_SEGRESNET = "['configs/train_unet.json','configs/train_segresnet.json','configs/evaluate_unet.json','configs/evaluate_segresnet.json']"
+EVAL_SEGRESNET = str(
+    [
+        "configs/train_unet.json",
+        "configs/train_segresnet.json",
+        "configs/evaluate_unet.json",
+        "configs/evaluate_segresnet.json",
+    ]
+)
 
 
 def test_segresnet_baseline_trains_and_evaluates_on_the_same_volumes(tiny_volumes, tmp_path):
