@@ -182,3 +182,39 @@ def test_segresnet_baseline_trains_and_evaluates_on_the_same_volumes(tiny_volume
     run_bundle("run", "evaluating", "--config_file", EVAL_SEGRESNET, "--output_dir", str(out), *args)
     summary = json.loads((out / "metrics_summary.json").read_text())
     assert summary["num_images"] == 2 and 0.0 <= summary["metrics"]["mean_dice"] <= 1.0
+
+
+def test_subject_folder_names_stand_for_the_aligned_volumes_in_3d(tiny_volumes):
+    from scripts.data import load_datalist
+
+    root, splits = tiny_volumes
+    items = load_datalist(str(root), str(splits), "val", spatial_dims=3)
+    assert items == [
+        {
+            "image": str(root / "OASIS_OAS1_0004_MR1" / "aligned_norm.nii.gz"),
+            "label": str(root / "OASIS_OAS1_0004_MR1" / "aligned_seg4.nii.gz"),
+        }
+    ]
+    assert load_datalist(str(root), str(splits), "val")[0]["image"].endswith("slice_norm.nii.gz")
+    with pytest.raises(ValueError, match="spatial_dims must be 2 or 3"):
+        load_datalist(str(root), str(splits), "val", spatial_dims=4)
+
+
+def test_inner_points_must_be_positive():
+    import torch
+    from monai.losses import FocalLoss
+
+    from scripts.network import MetaSegINR
+    from scripts.trainer import MetaSegTrainer
+
+    net = MetaSegINR(spatial_dims=3, hidden_channels=8, num_sine_layers=1, head_channels=8)
+    with pytest.raises(ValueError, match="inner_points"):
+        MetaSegTrainer(
+            "cpu",
+            1,
+            [],
+            net,
+            torch.optim.Adam(net.parameters()),
+            FocalLoss(use_softmax=True, to_onehot_y=True),
+            inner_points=0,
+        )
