@@ -10,8 +10,12 @@ __all__ = ["LABEL_KEYS", "load_datalist", "image_datalist"]
 
 # splits-file entry key of the label map for each supported number of classes (background included)
 LABEL_KEYS = {5: "seg4", 25: "seg24"}
-# file names inside a neurite-oasis subject folder (2D), for splits that list subject folder names only
-SUBJECT_FILES_2D = {"img": "slice_norm.nii.gz", "seg4": "slice_seg4.nii.gz", "seg24": "slice_seg24.nii.gz"}
+# file names inside a neurite-oasis subject folder (2D slice, 3D aligned volume), for splits that list subject
+# folder names only
+SUBJECT_FILES = {
+    2: {"img": "slice_norm.nii.gz", "seg4": "slice_seg4.nii.gz", "seg24": "slice_seg24.nii.gz"},
+    3: {"img": "aligned_norm.nii.gz", "seg4": "aligned_seg4.nii.gz", "seg24": "aligned_seg24.nii.gz"},
+}
 
 
 def _read_splits(splits_file: str) -> dict:
@@ -35,6 +39,7 @@ def load_datalist(
     image_key: str = "img",
     limit: int | None = None,
     with_labels: bool = True,
+    spatial_dims: int = 2,
 ) -> list[dict[str, str]]:
     """``[{"image": path, "label": path}, ...]`` for one split of a neurite-oasis style dataset.
 
@@ -42,12 +47,14 @@ def load_datalist(
         dataset_dir: dataset root; split entries are relative to it.
         splits_file: JSON ``{"train": [...], "val": [...], "test": [...]}``; each entry is either a dict of paths
             relative to ``dataset_dir`` (``{"img": ..., "seg4": ..., "seg24": ...}``, the MetaSeg authors' format) or a
-            subject folder name, which stands for that folder's ``slice_norm``/``slice_seg4``/``slice_seg24`` files.
+            subject folder name, which stands for that folder's ``slice_norm``/``slice_seg4``/``slice_seg24`` files
+            (``aligned_norm``/``aligned_seg4``/``aligned_seg24`` with ``spatial_dims=3``).
         split: which split to read.
         num_classes: 5 reads ``seg4`` labels, 25 reads ``seg24``.
         image_key: entry key of the image path.
         limit: keep only the first ``limit`` entries (``None``: all).
         with_labels: ``False`` lists images only (``[{"image": path}, ...]``), for inference.
+        spatial_dims: 2 (slices) or 3 (volumes): which files a subject folder name stands for.
 
     Raises:
         FileNotFoundError: ``dataset_dir`` is missing or empty, or the splits file or a listed file is missing.
@@ -63,6 +70,8 @@ def load_datalist(
         raise ValueError(
             f"num_classes must be one of {sorted(LABEL_KEYS)} for neurite-oasis labels, got {num_classes}."
         )
+    if spatial_dims not in SUBJECT_FILES:
+        raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}.")
     splits = _read_splits(splits_file)
     if split not in splits:
         raise ValueError(f"{splits_file}: no split named '{split}' (available: {sorted(splits)}).")
@@ -73,7 +82,7 @@ def load_datalist(
     datalist = []
     for i, entry in enumerate(entries):
         if isinstance(entry, str):
-            entry = {key: f"{entry}/{name}" for key, name in SUBJECT_FILES_2D.items()}
+            entry = {key: f"{entry}/{name}" for key, name in SUBJECT_FILES[spatial_dims].items()}
         keys = {"image": image_key, "label": label_key} if label_key else {"image": image_key}
         for key in keys.values():
             if key not in entry:

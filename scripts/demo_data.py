@@ -5,6 +5,12 @@ matter probability maps) that ships inside the nilearn wheel, so nothing is down
 following FreeSurfer's seg4 convention (0 background, 1 cortex, 2 subcortical grey matter, 3 white matter,
 4 ventricular CSF) is derived once in template space; each subject is then a randomly (affinely + elastically)
 deformed, intensity-perturbed resampling of it. See docs/data_license.txt for provenance and licence.
+
+The labels are checked over the whole volume (3D, ``spatial_dims=3``; about 10 s per subject on one CPU core): the
+striatum is the deep grey matter connected to striatal seeds (not the cingulate gyrus), and cisternal CSF next to the
+ventricles is background. Inside the coronal band used by the 2D slices (MNI y -36..4 mm) the labels are those of
+version 1.0, so 2D subjects are identical to it. Known simplification: the cerebellar cortex (subcortical GM here) is
+cut at MNI z = -12 mm, so the top of the vermis is labelled cortex.
 """
 
 from __future__ import annotations
@@ -15,7 +21,6 @@ import json
 import os
 import shutil
 import tempfile
-import warnings
 from pathlib import Path
 
 import nibabel as nib
@@ -26,7 +31,7 @@ __all__ = ["DEMO_SUBJECT_FMT", "GENERATOR_VERSION", "SEG4_LABELS", "prepare_demo
 
 DEMO_SUBJECT_FMT = "OASIS_OAS1_{:04d}_MR1"
 GENERATOR_NAME = "metaseg-demo-data"
-GENERATOR_VERSION = "1.0"
+GENERATOR_VERSION = "1.1"  # 1.1: 3D labels corrected outside the 2D band (2D data unchanged)
 MANIFEST_NAME = "demo_manifest.json"
 SPLITS_NAME = {2: "demo_splits.json", 3: "demo_splits_3d.json"}
 
@@ -84,6 +89,18 @@ def _largest_components(mask: np.ndarray, seeds_vox: list[tuple[int, int, int]])
     return np.isin(lab, list(ids)) if ids else np.zeros_like(mask)
 
 
+def _snap_seeds(mask: np.ndarray, seeds_vox: list[tuple[int, ...]], radius: int = 5) -> list[tuple[int, ...]]:
+    """Each seed moved to the nearest voxel of ``mask`` within a box of ``radius`` voxels (dropped if none)."""
+    snapped = []
+    for v in seeds_vox:
+        box = tuple(slice(max(c - radius, 0), c + radius + 1) for c in v)
+        cand = np.argwhere(mask[box])
+        if len(cand):
+            d2 = ((cand - radius) ** 2).sum(1)
+            snapped.append(tuple(int(c + b.start) for c, b in zip(cand[np.argmin(d2)], box)))
+    return snapped
+
+
 @functools.lru_cache(maxsize=1)
 def _template() -> dict:
     """Load the MNI152 template and derive the seg4 label volume (computed once per process)."""
@@ -123,14 +140,7 @@ def _template() -> dict:
     seeds = [(s * 14, -16, 20) for s in (1, -1)] + [(s * 22, -40, 14) for s in (1, -1)]  # lateral ventricles
     seeds += [(0, -14, 4), (0, -45, -32)]  # 3rd, 4th ventricle
     seeds += [(s * 30, -20, -14) for s in (1, -1)] + [(s * 28, -28, -8) for s in (1, -1)]  # temporal horns
-    seeds_vox = []
-    for p in seeds:  # snap each seed to the nearest dark voxel within 5 mm
-        v = vox(p)
-        box = tuple(slice(max(c - 5, 0), c + 6) for c in v)
-        cand = np.argwhere(dark[box])
-        if len(cand):
-            d2 = ((cand - 5) ** 2).sum(1)
-            seeds_vox.append(tuple(int(c + b.start) for c, b in zip(cand[np.argmin(d2)], box)))
+    seeds_vox = _snap_seeds(dark, [vox(p) for p in seeds])
     ventricle_roi = (np.abs(x) < 36) & (y > -90) & (y < 40) & (z > -50) & (z < 40)
     ventricle_roi &= ~((np.abs(x) > 24) & (z > 26))
     ventricle_roi &= ~((np.abs(x) > 5) & (np.abs(x) < 20) & (z < -4))  # ambient / crural cisterns
@@ -147,7 +157,10 @@ def _template() -> dict:
 
     # subcortical grey matter: deep GM (basal ganglia), thalamus, hippocampus, amygdala, pallidum, cerebellar cortex
     deep = (depth > 24) & (np.abs(x) < 33) & (z > -22) & (z < 30) & (y > -40) & (y < 32)
-    subcort = is_gm & deep
+    # striatum (caudate, putamen, accumbens): the deep grey-matter pieces holding a striatal seed; this drops the
+    # cingulate gyrus and medial frontal cortex, which the depth box also reaches in front of the thalamus
+    striatal = [vox((s * dx, dy, dz)) for s in (1, -1) for dx, dy, dz in ((13, 12, 10), (24, 6, 2), (10, 10, -8))]
+    subcort = _largest_components(is_gm & deep, _snap_seeds(is_gm & deep, striatal)) | (is_gm & deep & (y <= 4))
     thalamus = _ellipsoid(xyz, (11.5, -18, 6), (9.5, 15, 11))
     subcort |= thalamus & (gm > 0.3) & (csf < np.maximum(gm, wm))
     pallidum = _ellipsoid(xyz, (19, -3, -1), (5, 9, 5.5))
@@ -177,6 +190,10 @@ def _template() -> dict:
     labels[~envelope] = 0  # sulcal / extracerebral CSF stays background
     labels[(labels > 0) & ~(is_gm | is_wm | subcort)] = 0
     labels[ventricles] = 4
+    # 3D corrections away from the 2D coronal band (MNI y -36..4 mm keeps version 1.0's labels, so the 2D data is
+    # unchanged): cisternal CSF that the dark-voxel rule joined to the ventricles is background
+    cisterns = ((np.abs(x) < 3) & (z > 22)) | ((np.abs(x) < 9) & (y < -30) & (z > -4) & (z < 16))
+    labels[cisterns & (labels == 4) & ((y < -36) | (y > 4))] = 0
 
     onehot = np.stack([(labels == c).astype(np.float32) for c in range(NUM_CLASSES)])
     # gradient of the smoothed ventricle mask: used to enlarge / shrink ventricles per subject (atrophy)
@@ -379,13 +396,6 @@ def prepare_demo_data(
     counts = (int(num_train), int(num_val), int(num_test))
     if min(counts) < 0 or sum(counts) < 1:
         raise ValueError(f"subject counts must be >= 0 with at least one subject, got {counts}")
-    if spatial_dims == 3:
-        warnings.warn(
-            "3D demo data is experimental: the template labels were only checked near the coronal slab used for 2D "
-            "(MNI y -30..0 mm); the anterior striatum, midbrain and midline cisterns are mislabelled elsewhere, and "
-            "generation takes ~10 s per subject.",
-            stacklevel=2,
-        )
     params = _manifest_params(*counts, int(seed), int(spatial_dims))
     out = Path(dataset_dir).expanduser().absolute()
     splits_path = out / SPLITS_NAME[spatial_dims]

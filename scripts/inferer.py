@@ -140,9 +140,12 @@ class MetaSegInferer(Inferer):
         if coords.dim() == 2:
             coords = coords.expand(batch, -1, -1)
         chunk = self.decode_chunk or coords.shape[1]
-        outputs = [net.functional_forward(c, fit.params) for c in coords.split(chunk, dim=1)]
+        outputs = []
+        for c in coords.split(chunk, dim=1):
+            intensity, _, logits = net.functional_forward(c, fit.params)  # features dropped: [N, hidden] per chunk
+            outputs.append((intensity, logits))
         intensity = torch.cat([o[0] for o in outputs], dim=1)
-        logits = torch.cat([o[2] for o in outputs], dim=1)
+        logits = torch.cat([o[1] for o in outputs], dim=1)
         return unflatten_points(logits, spatial_shape), unflatten_points(intensity, spatial_shape)
 
     def fit_decode(self, inputs: torch.Tensor, network: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:

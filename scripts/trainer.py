@@ -70,7 +70,10 @@ class MetaSegTrainer(PointLossTrainer):
     kept, then evaluates ``MSE + seg_weight * seg_loss`` of the adapted weights and back-propagates it through the
     inner loop into the initialisation, which ``optimizer`` updates. ``loss_function`` is any MONAI segmentation loss
     taking logits ``[B, C, N]`` and labels ``[B, 1, N]`` (e.g. ``FocalLoss(use_softmax=True, to_onehot_y=True)``).
-    ``num_points`` random pixels per image (``None``: all) are used in each iteration to cut cost.
+    ``num_points`` random pixels per image (``None``: all) are used in each iteration to cut cost. With
+    ``inner_points`` set, every inner step instead draws its own ``inner_points`` random pixels (voxels) of the whole
+    image, as the reference 3D setting does (a new coordinate subsample per inner step); the outer loss keeps the
+    iteration's ``num_points`` subset.
 
     ``inner_seg_weight=0`` makes the inner loop see pixels only, exactly like the test-time fit of
     :class:`scripts.inferer.MetaSegInferer`; the reference implementation uses 1.
@@ -91,6 +94,7 @@ class MetaSegTrainer(PointLossTrainer):
         inner_seg_weight: float = 1.0,
         seg_weight: float = 1.0,
         num_points: int | None = None,
+        inner_points: int | None = None,
         betas: Sequence[float] = (0.9, 0.999),
         **kwargs: Any,
     ) -> None:
@@ -110,6 +114,9 @@ class MetaSegTrainer(PointLossTrainer):
         self.inner_seg_weight = float(inner_seg_weight)
         self.seg_weight = float(seg_weight)
         self.num_points = num_points
+        if inner_points is not None and inner_points <= 0:
+            raise ValueError(f"inner_points must be a positive number of points or None, got {inner_points}.")
+        self.inner_points = inner_points
         self.betas = (float(betas[0]), float(betas[1]))
 
     def compute_loss(
@@ -119,18 +126,25 @@ class MetaSegTrainer(PointLossTrainer):
         batch = inputs.shape[0]
         image = flatten_image(convert_to_tensor(inputs, track_meta=False).float())
         label = flatten_image(convert_to_tensor(targets, track_meta=False).long())
-        coords = batch_coordinate_grid(inputs)
-        index = sample_points(coords.shape[1], self.num_points, batch, image.device)
-        coords, image, label = (gather_points(t, index) for t in (coords, image, label))
+        full = (batch_coordinate_grid(inputs), image, label)
+        index = sample_points(full[0].shape[1], self.num_points, batch, image.device)
+        outer = tuple(gather_points(t, index) for t in full)
 
-        def losses(p: dict[str, torch.Tensor], with_seg: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        def losses(
+            p: dict[str, torch.Tensor], with_seg: bool, points: tuple[torch.Tensor, ...]
+        ) -> tuple[torch.Tensor, torch.Tensor]:
+            coords, img, lab = points
             intensity, _, logits = net.functional_forward(coords, p, with_logits=with_seg)
-            mse = F.mse_loss(intensity, image)
-            seg = self.loss_function(logits.transpose(1, 2), label.transpose(1, 2)) if with_seg else mse.new_zeros(())
+            mse = F.mse_loss(intensity, img)
+            seg = self.loss_function(logits.transpose(1, 2), lab.transpose(1, 2)) if with_seg else mse.new_zeros(())
             return mse, seg
 
         def inner_loss(p: dict[str, torch.Tensor]) -> torch.Tensor:
-            mse, seg = losses(p, with_seg=self.inner_seg_weight != 0)
+            points = outer
+            if self.inner_points is not None:  # a fresh coordinate subsample for this inner step
+                step_index = sample_points(full[0].shape[1], self.inner_points, batch, image.device)
+                points = tuple(gather_points(t, step_index) for t in full)
+            mse, seg = losses(p, self.inner_seg_weight != 0, points)
             return mse + self.inner_seg_weight * seg
 
         params = batch_params(net.param_dict(), batch, detach=False)
@@ -139,5 +153,5 @@ class MetaSegTrainer(PointLossTrainer):
         if isinstance(lr, dict):  # learned rates cover the trunk; a head adapted in the inner loop uses inner_lr
             lr = {k: lr.get(k, self.inner_lr) for k in trainable}
         adapted = adam_fit(inner_loss, params, trainable, self.inner_steps, lr, self.betas, create_graph=True)
-        mse, seg = losses(adapted, with_seg=True)
+        mse, seg = losses(adapted, True, outer)
         return mse + self.seg_weight * seg, {"mse": mse.detach(), "seg_loss": seg.detach()}

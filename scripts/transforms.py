@@ -54,7 +54,8 @@ class ValidateMetaSegInputd(MapTransform):
 
     - trailing singleton spatial axes beyond ``spatial_dims`` are dropped (neurite-oasis 2D slices are stored as
       ``160x192x1``);
-    - every key must then be ``[1, *spatial]`` with ``spatial_dims`` spatial axes, and not be empty;
+    - every key must then be ``[1, *spatial]`` with ``spatial_dims`` spatial axes, and not be empty (a 3D bundle
+      also refuses a volume one voxel thick: that is a 2D slice);
     - the image must be finite and not constant;
     - the label (``label_key``, if present) must hold integers in ``[0, num_classes)`` and match the image's shape.
 
@@ -88,6 +89,11 @@ class ValidateMetaSegInputd(MapTransform):
             )
         if x.numel() == 0:
             raise ValueError(f"{_source(x, key)}: the {key} is empty (shape {tuple(x.shape[1:])}).")
+        if self.spatial_dims == 3 and min(x.shape[1:]) == 1:
+            raise ValueError(
+                f"{_source(x, key)}: the {key} of shape {tuple(x.shape[1:])} is a 2D slice, but this bundle is "
+                "configured for 3D volumes (spatial_dims=3); use the 2D configs (e.g. configs/inference.json)."
+            )
         return x
 
     def _check_image(self, x: torch.Tensor, key: Hashable) -> None:

@@ -1,0 +1,220 @@
+"""3D MetaSeg end to end through ``python -m monai.bundle`` on tiny volumes: training -> inference -> evaluation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from conftest import data_args, run_bundle, save_tiny_metaseg
+
+TRAIN_3D = "['configs/train.json','configs/train_3d.json']"
+INFER_3D = "['configs/inference.json','configs/inference_3d.json']"
+EVAL_3D = "['configs/inference.json','configs/evaluate.json','configs/inference_3d.json','configs/evaluate_3d.json']"
+INFER_2D = "['configs/inference.json']"
+SHAPE = (24, 28, 26)  # tiny stand-in for neurite-oasis' 160x192x224 aligned volumes
+AFFINE = np.array([[-1.0, 0, 0, 12], [0, 0, 1, -13], [0, -1, 0, 14], [0, 0, 0, 1]])
+TINY_3D = ["--image_size", "[12,12,14]", "--fit_points", "256"]
+
+
+def _subject(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Nested ellipsoids (WM inside cortex, deep GM and a ventricle) with noise, in a zero background."""
+    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, s) for s in SHAPE], indexing="ij"))
+    centre = rng.uniform(-0.05, 0.05, (3, 1, 1, 1))
+    r = np.sqrt((((grid - centre) / rng.uniform(0.7, 0.8, (3, 1, 1, 1))) ** 2).sum(0))
+    seg = np.zeros(SHAPE, np.uint8)
+    seg[r < 1.0] = 1
+    seg[r < 0.75] = 3
+    seg[(r < 0.4) & (grid[0] > 0)] = 2
+    seg[r < 0.2] = 4
+    img = np.choose(seg, [0.0, 0.55, 0.7, 0.95, 0.15]) + 0.02 * rng.standard_normal(SHAPE) * (seg > 0)
+    return np.clip(img, 0, 1).astype(np.float32), seg
+
+
+@pytest.fixture(scope="module")
+def tiny_volumes(tmp_path_factory) -> tuple[Path, Path]:
+    """Six subjects in the neurite-oasis 3D layout (``aligned_norm``/``aligned_seg4``), splits by folder name."""
+    root = tmp_path_factory.mktemp("oasis3d")
+    rng = np.random.default_rng(0)
+    names = [f"OASIS_OAS1_{i:04d}_MR1" for i in range(1, 7)]
+    for name in names:
+        (root / name).mkdir()
+        img, seg = _subject(rng)
+        nib.save(nib.Nifti1Image(img, AFFINE), str(root / name / "aligned_norm.nii.gz"))
+        nib.save(nib.Nifti1Image(seg, AFFINE), str(root / name / "aligned_seg4.nii.gz"))
+        nib.save(nib.Nifti1Image(img[:, :, 13:14], AFFINE), str(root / name / "slice_norm.nii.gz"))
+        nib.save(nib.Nifti1Image(seg[:, :, 13:14], AFFINE), str(root / name / "slice_seg4.nii.gz"))
+    splits = root / "splits.json"
+    splits.write_text(json.dumps({"train": names[:3], "val": names[3:4], "test": names[4:]}))
+    return root, splits
+
+
+@pytest.fixture(scope="module")
+def trained_3d(tiny_volumes, tmp_path_factory) -> tuple[Path, list[str]]:
+    """Tiny 3D meta-training + head fine-tuning through the 2D configs overridden by ``train_3d.json``."""
+    root, splits = tiny_volumes
+    work = tmp_path_factory.mktemp("bundle3d")
+    common = data_args(root, splits, work / "models") + TINY_3D
+    run_bundle(
+        "run",
+        "training",
+        "--config_file",
+        TRAIN_3D,
+        "--output_dir",
+        str(work / "train_eval"),
+        *common,
+        "--train#trainer#max_epochs",
+        "1",
+        "--val_interval",
+        "1",
+        "--train#trainer#num_points",
+        "256",
+        "--train#trainer#inner_points",
+        "128",
+        "--finetune#trainer#max_epochs",
+        "1",
+        "--finetune#val_interval",
+        "1",
+        "--finetune#trainer#num_points",
+        "256",
+        "--fit_steps",
+        "2",
+    )
+    return work, common
+
+
+def test_3d_training_writes_a_3d_model(trained_3d):
+    import torch
+
+    work, _ = trained_3d
+    state = torch.load(work / "models" / "model.pt", weights_only=True)
+    assert state["trunk.0.weight"].shape == (16, 3)  # spatial_dims=3: three input coordinates
+
+
+def test_3d_inference_keeps_input_shape_and_affine(trained_3d, tiny_volumes):
+    work, common = trained_3d
+    root, _ = tiny_volumes
+    out = work / "infer"
+    run_bundle("run", "inference", "--config_file", INFER_3D, "--output_dir", str(out), "--fit_steps", "2", *common)
+    for name in ("OASIS_OAS1_0005_MR1", "OASIS_OAS1_0006_MR1"):
+        src = nib.load(root / name / "aligned_norm.nii.gz")
+        seg = nib.load(out / name / "aligned_norm_seg.nii.gz")
+        assert seg.shape == src.shape == SHAPE
+        np.testing.assert_allclose(seg.affine, src.affine, atol=1e-5)
+        values = np.asarray(seg.dataobj)
+        assert values.min() >= 0 and values.max() <= 4
+        assert not values[np.asarray(src.dataobj) == 0][:1].any() or values.max() > 0
+
+
+def test_3d_evaluation_writes_metrics(trained_3d):
+    work, common = trained_3d
+    out = work / "evaluate"
+    run_bundle("run", "evaluating", "--config_file", EVAL_3D, "--output_dir", str(out), "--fit_steps", "2", *common)
+    summary = json.loads((out / "metrics_summary.json").read_text())
+    assert summary["num_images"] == 2
+    assert set(summary["dice_per_class"]) == {"cortex", "subcortical_gm", "white_matter", "csf"}
+    assert 0.0 <= summary["metrics"]["mean_dice"] <= 1.0
+
+
+def test_2d_and_3d_switch_by_config_file_refuses_the_wrong_input(trained_3d, tiny_volumes, tmp_path):
+    """A 3D volume given to the 2D bundle, a 2D slice to the 3D bundle and 3D weights to the 2D bundle are refused."""
+    work, common = trained_3d
+    root, splits = tiny_volumes
+    volume = root / "OASIS_OAS1_0005_MR1" / "aligned_norm.nii.gz"
+    slice_2d = root / "OASIS_OAS1_0005_MR1" / "slice_norm.nii.gz"
+    models_2d = save_tiny_metaseg(tmp_path / "models_2d").parent
+    cases = (
+        (INFER_2D, volume, data_args(root, splits, models_2d), [str(volume), "spatial_dims=2"]),
+        (INFER_3D, slice_2d, common, [str(slice_2d), "spatial_dims=3", "is a 2D slice"]),
+        (INFER_2D, slice_2d, common, ["trained with spatial_dims=3 but the config has spatial_dims=2"]),
+    )
+    for config, image, args, phrases in cases:
+        out = tmp_path / "wrong"
+        proc = run_bundle(
+            "run",
+            "inference",
+            "--config_file",
+            config,
+            "--output_dir",
+            str(out),
+            "--datalist",
+            f"['{image}']",
+            *args,
+            check=False,
+        )
+        assert proc.returncode != 0
+        assert all(p in proc.stderr for p in phrases), proc.stderr[-2000:]
+        assert not list(out.rglob("*.nii.gz"))
+
+
+SEGRESNET = "['configs/train_unet.json','configs/train_segresnet.json']"
+EVAL_SEGRESNET = str(
+    [
+        "configs/train_unet.json",
+        "configs/train_segresnet.json",
+        "configs/evaluate_unet.json",
+        "configs/evaluate_segresnet.json",
+    ]
+)
+
+
+def test_segresnet_baseline_trains_and_evaluates_on_the_same_volumes(tiny_volumes, tmp_path):
+    root, splits = tiny_volumes
+    args = ["--dataset_dir", str(root), "--splits_file", str(splits), "--ckpt_dir", str(tmp_path / "models")]
+    args += ["--image_size", "[16,16,20]", "--network_def#init_filters", "8"]
+    run_bundle(
+        "run",
+        "training",
+        "--config_file",
+        SEGRESNET,
+        "--output_dir",
+        str(tmp_path / "train"),
+        *args,
+        "--train#trainer#max_epochs",
+        "1",
+        "--val_interval",
+        "1",
+    )
+    assert (tmp_path / "models" / "segresnet.pt").is_file()
+    out = tmp_path / "eval"
+    run_bundle("run", "evaluating", "--config_file", EVAL_SEGRESNET, "--output_dir", str(out), *args)
+    summary = json.loads((out / "metrics_summary.json").read_text())
+    assert summary["num_images"] == 2 and 0.0 <= summary["metrics"]["mean_dice"] <= 1.0
+
+
+def test_subject_folder_names_stand_for_the_aligned_volumes_in_3d(tiny_volumes):
+    from scripts.data import load_datalist
+
+    root, splits = tiny_volumes
+    items = load_datalist(str(root), str(splits), "val", spatial_dims=3)
+    assert items == [
+        {
+            "image": str(root / "OASIS_OAS1_0004_MR1" / "aligned_norm.nii.gz"),
+            "label": str(root / "OASIS_OAS1_0004_MR1" / "aligned_seg4.nii.gz"),
+        }
+    ]
+    assert load_datalist(str(root), str(splits), "val")[0]["image"].endswith("slice_norm.nii.gz")
+    with pytest.raises(ValueError, match="spatial_dims must be 2 or 3"):
+        load_datalist(str(root), str(splits), "val", spatial_dims=4)
+
+
+def test_inner_points_must_be_positive():
+    import torch
+    from monai.losses import FocalLoss
+
+    from scripts.network import MetaSegINR
+    from scripts.trainer import MetaSegTrainer
+
+    net = MetaSegINR(spatial_dims=3, hidden_channels=8, num_sine_layers=1, head_channels=8)
+    with pytest.raises(ValueError, match="inner_points"):
+        MetaSegTrainer(
+            "cpu",
+            1,
+            [],
+            net,
+            torch.optim.Adam(net.parameters()),
+            FocalLoss(use_softmax=True, to_onehot_y=True),
+            inner_points=0,
+        )
