@@ -90,8 +90,8 @@ def reference_fit_decode(net: MetaSegINR, image: torch.Tensor, steps: int, lr: f
         loss.backward()
         optimizer.step()
     with torch.no_grad():
-        features = trunk(coords)
-        logits, recon = model.head(features), model.intensity(features)
+        out = model(coords)  # the module's own forward: intensity, then logits (head context evaluated pointwise)
+        logits, recon = out[..., 1:], out[..., :1]
     shape = image.shape[2:]
     return logits.transpose(1, 2).reshape(1, -1, *shape), recon.transpose(1, 2).reshape(1, 1, *shape)
 
@@ -166,7 +166,7 @@ def bench_meta_step(net: MetaSegINR, images: torch.Tensor, labels: torch.Tensor,
         x = coords
         for i in range(len(model.trunk)):
             x = torch.sin(model.omega0 * F.linear(x, p[f"trunk.{i}.weight"], p[f"trunk.{i}.bias"]))
-        return F.linear(x, p["intensity.weight"], p["intensity.bias"]), model.decode(x, p)
+        return F.linear(x, p["intensity.weight"], p["intensity.bias"]), model.decode(model.head_input(coords, p, x), p)
 
     def reference_step(image: torch.Tensor, label: torch.Tensor) -> None:
         coords, target, seg = coordinate_grid(image.shape[2:])[None], flatten_image(image), flatten_image(label)

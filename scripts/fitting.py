@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 
 import torch
@@ -11,6 +12,7 @@ __all__ = [
     "batch_coordinate_grid",
     "flatten_image",
     "unflatten_points",
+    "grid_neighbour_index",
     "sample_points",
     "gather_points",
     "batch_params",
@@ -37,6 +39,20 @@ def flatten_image(image: torch.Tensor) -> torch.Tensor:
 def unflatten_points(points: torch.Tensor, spatial_shape: Sequence[int]) -> torch.Tensor:
     """``[B, N, C]`` -> ``[B, C, *spatial]``, the inverse of :func:`flatten_image`."""
     return points.transpose(1, 2).reshape(points.shape[0], points.shape[2], *spatial_shape)
+
+
+def grid_neighbour_index(spatial_shape: Sequence[int], offsets: torch.Tensor) -> torch.Tensor:
+    """Flat indices ``[N, K]`` of every grid point's ``K`` neighbours at integer pixel ``offsets`` ``[K, D]``.
+
+    Neighbours outside the grid are clamped to its border, as coordinates are clamped to ``[-1, 1]``; points are in
+    the order of :func:`coordinate_grid`.
+    """
+    shape = torch.tensor([int(s) for s in spatial_shape], device=offsets.device)
+    axes = [torch.arange(int(n), device=offsets.device) for n in spatial_shape]
+    position = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, len(axes))  # [N, D]
+    neighbour = torch.minimum((position.unsqueeze(1) + offsets).clamp(min=0), shape - 1)  # [N, K, D]
+    strides = torch.tensor([math.prod(spatial_shape[d + 1 :]) for d in range(len(axes))], device=offsets.device)
+    return (neighbour * strides).sum(-1)
 
 
 def sample_points(

@@ -82,6 +82,6 @@ class HeadFineTuneTrainer(PointLossTrainer):
         label = flatten_image(convert_to_tensor(targets, track_meta=False).long())
         index = sample_points(fit.coords.shape[1], self.num_points, inputs.shape[0], inputs.device)
         with torch.no_grad():
-            _, features, _ = net.functional_forward(gather_points(fit.coords, index), fit.params, with_logits=False)
-        logits = net.decode(features)
+            head_input = net.head_input(gather_points(fit.coords, index), fit.params)
+        logits = net.decode(head_input)
         return self.loss_function(logits.transpose(1, 2), gather_points(label, index).transpose(1, 2)), {}

@@ -17,6 +17,7 @@ from .fitting import (
     batch_params,
     flatten_image,
     gather_points,
+    grid_neighbour_index,
     sample_points,
     unflatten_points,
 )
@@ -52,6 +53,9 @@ class MetaSegInferer(Inferer):
         seed: seed of those subsets.
         decode_chunk: number of points decoded at a time, which bounds the memory of decoding large images and
             volumes (``None``: all at once). With ``fit_points`` set, the fit is bounded too.
+        head_bf16: run the head's matrix products in bfloat16 (``torch.autocast``) when decoding; the fit and the
+            trunk stay in float32 (sine layers need it). The head is most of the decoding cost with neighbourhood
+            context, and its argmax is insensitive to bfloat16 rounding (measured: docs/benchmarks.md).
         output_scale: ``__call__`` decodes on a grid this many times finer than the input in every spatial dim
             (positive integer; see :mod:`scripts.resolution`), with the fine affine when the input is a
             ``MetaTensor``. :meth:`fit_decode` (evaluation against labels) always decodes on the input's grid.
@@ -65,6 +69,7 @@ class MetaSegInferer(Inferer):
         fit_points: int | None = 8192,
         seed: int = 0,
         decode_chunk: int | None = 65536,
+        head_bf16: bool = True,
         output_scale: int = 1,
     ) -> None:
         super().__init__()
@@ -78,6 +83,7 @@ class MetaSegInferer(Inferer):
         self.fit_points = fit_points
         self.seed = int(seed)
         self.decode_chunk = decode_chunk
+        self.head_bf16 = bool(head_bf16)
         self.output_scale = check_scale(output_scale)
 
     @staticmethod
@@ -123,7 +129,32 @@ class MetaSegInferer(Inferer):
 
     def decode(self, fit: FitResult, network: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
         """Class logits ``[B, C, *spatial]`` and reconstruction ``[B, 1, *spatial]`` of a fitted batch."""
+        net = self._unwrap(network)
+        if net.context_radius > 0 and fit.spatial_shape == net.context_grid:
+            return self._decode_own_grid(fit, net)
         return self.decode_on_grid(fit, network, fit.coords, fit.spatial_shape)
+
+    @torch.no_grad()
+    def _decode_own_grid(self, fit: FitResult, net: MetaSegINR) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`decode_on_grid` on the fitted grid, with the head's neighbour features gathered from one trunk pass.
+
+        The neighbours of a grid point of ``net.context_grid`` are grid points (clamped at the border like the
+        coordinates), so the trunk runs once per point instead of once per point and neighbour.
+        """
+        chunk = self.decode_chunk or fit.coords.shape[1]
+        intensity, features = [], []
+        for c in fit.coords.split(chunk, dim=1):
+            out = net.functional_forward(c, fit.params, with_logits=False)
+            intensity.append(out[0])
+            features.append(out[1])
+        features = torch.cat(features, dim=1)  # [B, N, hidden]
+        index = grid_neighbour_index(fit.spatial_shape, net.context_pixels.to(features.device))  # [N, K]
+        logits = []
+        for idx in index.split(chunk, dim=0):
+            head_input = features[:, idx.flatten()].reshape(features.shape[0], idx.shape[0], -1)
+            logits.append(self._head_logits(net, head_input, fit.params))
+        shape = fit.spatial_shape
+        return unflatten_points(torch.cat(logits, dim=1), shape), unflatten_points(torch.cat(intensity, dim=1), shape)
 
     @torch.no_grad()
     def decode_on_grid(
@@ -142,11 +173,17 @@ class MetaSegInferer(Inferer):
         chunk = self.decode_chunk or coords.shape[1]
         outputs = []
         for c in coords.split(chunk, dim=1):
-            intensity, _, logits = net.functional_forward(c, fit.params)  # features dropped: [N, hidden] per chunk
-            outputs.append((intensity, logits))
+            intensity, features, _ = net.functional_forward(c, fit.params, with_logits=False)
+            logits = self._head_logits(net, net.head_input(c, fit.params, features), fit.params)
+            outputs.append((intensity, logits))  # features dropped: [N, hidden] per chunk
         intensity = torch.cat([o[0] for o in outputs], dim=1)
         logits = torch.cat([o[1] for o in outputs], dim=1)
         return unflatten_points(logits, spatial_shape), unflatten_points(intensity, spatial_shape)
+
+    def _head_logits(self, net: MetaSegINR, head_input: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The head's float32 logits, its matrix products in bfloat16 with ``head_bf16``."""
+        with torch.autocast(head_input.device.type, dtype=torch.bfloat16, enabled=self.head_bf16):
+            return net.decode(head_input, params).float()
 
     def fit_decode(self, inputs: torch.Tensor, network: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
         """Fit then decode: ``(logits [B, C, *spatial], reconstruction [B, 1, *spatial])``.

@@ -1,6 +1,8 @@
 """MetaSeg implicit network: a SIREN trunk regressing intensity plus a segmentation head on its penultimate features."""
 
+import itertools
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -25,8 +27,14 @@ class MetaSegINR(nn.Module):
     """Implicit neural representation mapping coordinates to intensity and class logits.
 
     The trunk is ``num_sine_layers`` sine layers (``sin(omega0 * (W x + b))``, SIREN initialisation) followed by a
-    linear layer regressing intensity. The head is ``Linear(hidden, head) - LeakyReLU - Linear(head, num_classes)``
-    applied to the trunk's penultimate features (the output of the last sine layer).
+    linear layer regressing intensity. The head is ``head_layers`` times ``Linear - LeakyReLU`` (width ``head``), then
+    ``Linear(head, num_classes)``, applied to the trunk's penultimate features (the output of the last sine layer).
+    With ``context_radius`` ``r > 0`` the head reads the features of a ``(2r+1)^D`` neighbourhood of each point
+    instead of the point's alone: the trunk is also evaluated at the point shifted by multiples of ``context_step``
+    pixels of a ``context_grid``-sized image (clamped to ``[-1, 1]``), and the head's input is those features
+    concatenated. The network stays an implicit
+    function of continuous coordinates; on the ``context_grid`` itself the neighbours are grid points, which
+    :class:`scripts.inferer.MetaSegInferer` gathers from one trunk pass instead of evaluating the trunk again.
 
     ``forward(coords)`` takes coordinates ``[B, N, spatial_dims]`` in ``[-1, 1]`` and returns ``[B, N, 1 + C]``:
     channel 0 is the intensity, channels ``1..C`` the class logits (given an image batch instead, ``forward`` runs
@@ -40,12 +48,18 @@ class MetaSegINR(nn.Module):
         num_sine_layers: number of sine layers in the trunk.
         omega0: SIREN frequency factor.
         num_classes: number of segmentation classes, background included.
-        head_channels: width of the head's hidden layer.
+        head_channels: width of the head's hidden layers.
+        head_layers: number of hidden (Linear + LeakyReLU) layers of the head (the paper's head has 1).
         out_channels: number of regressed intensity channels.
         learned_fit_lr: ``None`` (the fit uses one learning rate), ``"layer"`` (a learned learning-rate factor per
             trunk tensor) or ``"element"`` (one per trunk weight, as in Meta-SGD, Li et al. 2017). The factors are
             meta-learned with the initialisation, stored as ``fit_lr_scale.*`` (log scale) in the state dict, and
             multiply the configured fit learning rate, see :meth:`fit_lr`.
+        context_radius: neighbourhood radius of the head's input in steps (0: the point's own features, as in the
+            paper; 1: a 3x3 (3x3x3) neighbourhood).
+        context_step: distance between neighbours, in pixels of ``context_grid``.
+        context_grid: the image size (pixels per spatial dim) that ``context_step`` refers to, normally the
+            bundle's padded/resized ``image_size``; required when ``context_radius > 0``.
     """
 
     def __init__(
@@ -56,8 +70,12 @@ class MetaSegINR(nn.Module):
         omega0: float = 30.0,
         num_classes: int = 5,
         head_channels: int = 128,
+        head_layers: int = 1,
         out_channels: int = 1,
         learned_fit_lr: str | None = None,
+        context_radius: int = 0,
+        context_step: int = 4,
+        context_grid: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         if spatial_dims not in (2, 3):
@@ -73,9 +91,15 @@ class MetaSegINR(nn.Module):
         widths = [spatial_dims] + [hidden_channels] * num_sine_layers
         self.trunk = nn.ModuleList(nn.Linear(i, o) for i, o in zip(widths[:-1], widths[1:]))
         self.intensity = nn.Linear(hidden_channels, out_channels)
-        self.head = nn.Sequential(
-            nn.Linear(hidden_channels, head_channels), nn.LeakyReLU(), nn.Linear(head_channels, num_classes)
-        )
+        self._init_context(context_radius, context_step, context_grid)
+        num_neighbours = self.context_offsets.shape[0]
+        if head_layers < 1:
+            raise ValueError(f"head_layers must be >= 1, got {head_layers}.")
+        head: list[nn.Module] = []
+        for i in range(head_layers):
+            head += [nn.Linear(num_neighbours * hidden_channels if i == 0 else head_channels, head_channels)]
+            head += [nn.LeakyReLU()]
+        self.head = nn.Sequential(*head, nn.Linear(head_channels, num_classes))
         if learned_fit_lr not in (None, "layer", "element"):
             raise ValueError(f"learned_fit_lr must be None, 'layer' or 'element', got {learned_fit_lr!r}.")
         self.learned_fit_lr = learned_fit_lr
@@ -88,6 +112,24 @@ class MetaSegINR(nn.Module):
                     self.fit_lr_scale[key] = nn.Parameter(torch.zeros(p.shape if learned_fit_lr == "element" else ()))
                     self._fit_lr_names[key] = name
         self.reset_parameters()
+
+    def _init_context(self, radius: int, step: int, grid: Sequence[int] | None) -> None:
+        """Neighbourhood of the head's input: pixel offsets ``[K, D]`` (int) and coordinate offsets ``[K, D]``."""
+        if radius < 0 or step < 1:
+            raise ValueError(f"context_radius must be >= 0 and context_step >= 1, got {radius} and {step}.")
+        grid = None if grid is None else tuple(int(n) for n in grid)
+        if radius > 0 and (grid is None or len(grid) != self.spatial_dims or min(grid) < 2):
+            raise ValueError(
+                f"context_radius {radius} needs context_grid: the image size ({self.spatial_dims} values >= 2) that "
+                f"context_step refers to, got {grid}."
+            )
+        self.context_radius, self.context_step, self.context_grid = int(radius), int(step), grid
+        shifts = range(-radius * step, radius * step + 1, step)
+        pixels = torch.tensor(list(itertools.product(shifts, repeat=self.spatial_dims)), dtype=torch.long)
+        spacing = torch.tensor([2.0 / (n - 1) for n in grid]) if radius > 0 else torch.ones(self.spatial_dims)
+        # buffers, not parameters, and not saved: they follow from the constructor arguments
+        self.register_buffer("context_pixels", pixels, persistent=False)
+        self.register_buffer("context_offsets", pixels.float() * spacing, persistent=False)
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
@@ -134,20 +176,41 @@ class MetaSegINR(nn.Module):
                 )
             logits = torch.cat([o[2] for o in outs]) if with_logits else None
             return torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs]), logits
+        x = self.trunk_features(coords, params)
+        intensity = _linear(x, params["intensity.weight"], params["intensity.bias"])
+        logits = self.decode(self.head_input(coords, params, x), params) if with_logits else None
+        return intensity, x, logits
+
+    def trunk_features(self, coords: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Penultimate features ``[B, N, hidden]`` (output of the last sine layer) at ``coords`` ``[B, N, D]``."""
         x = coords
         w0 = self.omega0
         for i in range(len(self.trunk)):
             # sin(w0 * (W x + b)) with w0 folded into the small W and b: one pass less over [B, N, hidden] each way
             x = torch.sin(_linear(x, w0 * params[f"trunk.{i}.weight"], w0 * params[f"trunk.{i}.bias"]))
-        intensity = _linear(x, params["intensity.weight"], params["intensity.bias"])
-        logits = self.decode(x, params) if with_logits else None
-        return intensity, x, logits
+        return x
 
-    def decode(self, features: torch.Tensor, params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
-        """Class logits ``[B, N, C]`` from penultimate features ``[B, N, hidden]`` (head parameters from ``params``)."""
+    def head_input(
+        self, coords: torch.Tensor, params: dict[str, torch.Tensor], features: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The head's input ``[B, N, K * hidden]`` at ``coords``: features of the ``K`` neighbours of every point.
+
+        ``features`` (the points' own features, when already computed) is returned as is without context.
+        """
+        if self.context_radius == 0:
+            return self.trunk_features(coords, params) if features is None else features
+        shifted = (coords.unsqueeze(2) + self.context_offsets.to(coords)).clamp(-1.0, 1.0)  # [B, N, K, D]
+        neighbours = self.trunk_features(shifted.flatten(1, 2), params)  # [B, N * K, hidden]
+        return neighbours.reshape(*coords.shape[:2], -1)
+
+    def decode(self, head_input: torch.Tensor, params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """Class logits ``[B, N, C]`` from the head's input (:meth:`head_input`; head parameters from ``params``)."""
         p = self.param_dict() if params is None else params
-        hidden = F.leaky_relu(_linear(features, p["head.0.weight"], p["head.0.bias"]))
-        return _linear(hidden, p["head.2.weight"], p["head.2.bias"])
+        x = head_input
+        last = len(self.head) - 1  # head.0, head.2, ...: Linear layers, each but the last followed by a LeakyReLU
+        for i in range(0, last, 2):
+            x = F.leaky_relu(_linear(x, p[f"head.{i}.weight"], p[f"head.{i}.bias"]))
+        return _linear(x, p[f"head.{last}.weight"], p[f"head.{last}.bias"])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Points or an image batch, told apart by the number of dimensions.
@@ -161,10 +224,18 @@ class MetaSegINR(nn.Module):
             return self.segment(x)
         if x.shape[-1] != self.spatial_dims:
             raise ValueError(f"MetaSegINR expects coordinates [B, N, {self.spatial_dims}], got last dim {x.shape[-1]}.")
-        h = x
+        h = self._module_trunk(x)
+        if self.context_radius > 0:
+            shifted = (x.unsqueeze(2) + self.context_offsets.to(x)).clamp(-1.0, 1.0)
+            head_in = self._module_trunk(shifted.flatten(1, 2)).reshape(x.shape[0], x.shape[1], -1)
+        else:
+            head_in = h
+        return torch.cat([self.intensity(h), self.head(head_in)], dim=-1)
+
+    def _module_trunk(self, x: torch.Tensor) -> torch.Tensor:
         for layer in self.trunk:
-            h = torch.sin(self.omega0 * layer(h))
-        return torch.cat([self.intensity(h), self.head(h)], dim=-1)
+            x = torch.sin(self.omega0 * layer(x))
+        return x
 
     @torch.jit.unused
     def segment(self, image: torch.Tensor) -> torch.Tensor:

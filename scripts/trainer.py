@@ -73,7 +73,9 @@ class MetaSegTrainer(PointLossTrainer):
     ``num_points`` random pixels per image (``None``: all) are used in each iteration to cut cost. With
     ``inner_points`` set, every inner step instead draws its own ``inner_points`` random pixels (voxels) of the whole
     image, as the reference 3D setting does (a new coordinate subsample per inner step); the outer loss keeps the
-    iteration's ``num_points`` subset.
+    iteration's ``num_points`` subset. ``seg_points`` limits the segmentation loss to that many of those points (the
+    MSE keeps all): a head with neighbourhood context (``MetaSegINR(context_radius>0)``) evaluates the trunk at every
+    neighbour of each point it classifies, so this bounds its cost.
 
     ``inner_seg_weight=0`` makes the inner loop see pixels only, exactly like the test-time fit of
     :class:`scripts.inferer.MetaSegInferer`; the reference implementation uses 1.
@@ -95,6 +97,7 @@ class MetaSegTrainer(PointLossTrainer):
         seg_weight: float = 1.0,
         num_points: int | None = None,
         inner_points: int | None = None,
+        seg_points: int | None = None,
         betas: Sequence[float] = (0.9, 0.999),
         **kwargs: Any,
     ) -> None:
@@ -117,6 +120,9 @@ class MetaSegTrainer(PointLossTrainer):
         if inner_points is not None and inner_points <= 0:
             raise ValueError(f"inner_points must be a positive number of points or None, got {inner_points}.")
         self.inner_points = inner_points
+        if seg_points is not None and seg_points <= 0:
+            raise ValueError(f"seg_points must be a positive number of points or None, got {seg_points}.")
+        self.seg_points = seg_points
         self.betas = (float(betas[0]), float(betas[1]))
 
     def compute_loss(
@@ -134,10 +140,15 @@ class MetaSegTrainer(PointLossTrainer):
             p: dict[str, torch.Tensor], with_seg: bool, points: tuple[torch.Tensor, ...]
         ) -> tuple[torch.Tensor, torch.Tensor]:
             coords, img, lab = points
-            intensity, _, logits = net.functional_forward(coords, p, with_logits=with_seg)
+            intensity, features, _ = net.functional_forward(coords, p, with_logits=False)
             mse = F.mse_loss(intensity, img)
-            seg = self.loss_function(logits.transpose(1, 2), lab.transpose(1, 2)) if with_seg else mse.new_zeros(())
-            return mse, seg
+            if not with_seg:
+                return mse, mse.new_zeros(())
+            n = coords.shape[1] if self.seg_points is None else min(self.seg_points, coords.shape[1])
+            # the points are a random subset already, so the first n are a random subset of them
+            head_input = net.head_input(coords[:, :n], p, features[:, :n] if net.context_radius == 0 else None)
+            logits = net.decode(head_input, p)
+            return mse, self.loss_function(logits.transpose(1, 2), lab[:, :n].transpose(1, 2))
 
         def inner_loss(p: dict[str, torch.Tensor]) -> torch.Tensor:
             points = outer

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -25,14 +27,30 @@ TINY_NET = [
 ]
 
 
-def save_tiny_metaseg(models_dir: Path) -> Path:
-    """Random (untrained, seeded) weights of the ``TINY_NET`` MetaSeg as ``<models_dir>/model.pt``."""
+def config_metaseg(**overrides: Any) -> torch.nn.Module:
+    """The ``network_def`` of ``configs/inference.json`` (the shipped model's architecture), with ``overrides``."""
     from scripts.network import MetaSegINR
 
+    config = json.loads((REPO_ROOT / "configs" / "inference.json").read_text())
+    kwargs = {
+        k: config[v[1:]] if isinstance(v, str) and v.startswith("@") else v
+        for k, v in config["network_def"].items()
+        if k != "_target_"
+    }
+    return MetaSegINR(**{**kwargs, **overrides})
+
+
+def tiny_metaseg(**overrides: Any) -> torch.nn.Module:
+    """:func:`config_metaseg` at the ``TINY_NET`` sizes (what the bundle builds with ``TINY_NET`` overrides)."""
     tiny = {k.lstrip("-").split("#")[-1]: int(v) for k, v in zip(TINY_NET[::2], TINY_NET[1::2])}
+    return config_metaseg(**{**tiny, **overrides})
+
+
+def save_tiny_metaseg(models_dir: Path) -> Path:
+    """Random (untrained, seeded) weights of the ``TINY_NET`` MetaSeg as ``<models_dir>/model.pt``."""
     models_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
-    torch.save(MetaSegINR(**tiny).state_dict(), models_dir / "model.pt")
+    torch.save(tiny_metaseg().state_dict(), models_dir / "model.pt")
     return models_dir / "model.pt"
 
 

@@ -12,9 +12,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import data_args, run_bundle
-
-from scripts.network import MetaSegINR
+from conftest import data_args, run_bundle, tiny_metaseg
 
 INFER = "['configs/inference.json']"
 EVAL = "['configs/inference.json','configs/evaluate.json']"
@@ -43,7 +41,7 @@ def model_dir(tmp_path) -> Path:
     """An untrained tiny model.pt is enough: every case here must fail before or without using the weights."""
     d = tmp_path / "models"
     d.mkdir()
-    torch.save(MetaSegINR(hidden_channels=16, num_sine_layers=2, head_channels=16).state_dict(), d / "model.pt")
+    torch.save(tiny_metaseg().state_dict(), d / "model.pt")
     return d
 
 
@@ -215,12 +213,10 @@ def _bad_setup(case: str, tmp: Path, model_dir: Path) -> tuple[Path, list[str], 
         return out, [], f"output_dir is not writable: {out}"
     model = model_dir / "model.pt"
     if case == "model_other_num_classes":
-        torch.save(
-            MetaSegINR(hidden_channels=16, num_sine_layers=2, head_channels=16, num_classes=25).state_dict(), model
-        )
+        torch.save(tiny_metaseg(num_classes=25).state_dict(), model)
         return out, [], f"{model} was trained with num_classes=25 but the config has num_classes=5"
     if case == "model_other_width":
-        torch.save(MetaSegINR(hidden_channels=32, num_sine_layers=2, head_channels=16).state_dict(), model)
+        torch.save(tiny_metaseg(hidden_channels=32).state_dict(), model)
         return out, [], f"{model} was trained with hidden_channels=32 but the config has hidden_channels=16"
     if case == "model_truncated":
         model.write_bytes(model.read_bytes()[:500])

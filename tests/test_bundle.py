@@ -9,9 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import REPO_ROOT, data_args, run_bundle
-
-from scripts.network import MetaSegINR
+from conftest import REPO_ROOT, config_metaseg, data_args, run_bundle, tiny_metaseg
 
 INFER = "['configs/inference.json']"
 EVAL = "['configs/inference.json','configs/evaluate.json']"
@@ -48,7 +46,7 @@ def trained(tiny_dataset, tmp_path_factory) -> tuple[Path, list[str]]:
 def test_training_writes_checkpoints_and_logs(trained):
     work, _ = trained
     state = torch.load(work / "models" / "model.pt", weights_only=True)
-    net = MetaSegINR(hidden_channels=16, num_sine_layers=2, head_channels=16)
+    net = tiny_metaseg()
     net.load_state_dict(state)  # a plain state_dict of network_def
     assert (work / "models" / "meta_model.pt").is_file()
     assert list((work / "train_eval" / "logs").glob("events.out.tfevents.*"))
@@ -118,7 +116,7 @@ def test_prepare_data_run_id_generates_the_demo_layout(default_demo):
 def test_shipped_model_keeps_its_measured_dice(default_demo, tmp_path):
     """models/model.pt on the demo test split: 0.812 mean foreground Dice when shipped (docs/README.md)."""
     state = torch.load(REPO_ROOT / "models" / "model.pt", weights_only=True)
-    MetaSegINR().load_state_dict(state)
+    config_metaseg().load_state_dict(state)
     out = tmp_path / "eval"
     run_bundle(
         "run",

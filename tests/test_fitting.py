@@ -181,3 +181,82 @@ def test_meta_training_step_lowers_outer_loss():
     trainer.run()
     assert sum(losses[-5:]) < 0.7 * sum(losses[:5])
     assert float(trainer.state.output[0]["grad_norm"]) > 0
+
+
+def test_context_decode_on_own_grid_matches_pointwise_decode():
+    """On ``context_grid`` the inferer gathers neighbour features from one trunk pass: same logits as evaluating
+    the trunk at every neighbour (``decode_on_grid``), also in chunks and for a batch."""
+    torch.manual_seed(0)
+    net = MetaSegINR(
+        hidden_channels=8,
+        num_sine_layers=2,
+        head_channels=8,
+        num_classes=3,
+        context_radius=1,
+        context_step=2,
+        context_grid=(9, 7),
+    )
+    inferer = MetaSegInferer(fit_steps=2, fit_lr=1e-2, decode_chunk=10)
+    fit = inferer.fit(torch.rand(2, 1, 9, 7), net)
+    gathered, recon = inferer.decode(fit, net)
+    pointwise, recon_p = inferer.decode_on_grid(fit, net, fit.coords, fit.spatial_shape)
+    torch.testing.assert_close(gathered, pointwise, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(recon, recon_p)
+    # another image size: no grid to gather from, the pointwise path is used
+    other, _ = inferer.fit_decode(torch.rand(1, 1, 6, 5), net)
+    assert other.shape == (1, 3, 6, 5)
+
+
+def test_seg_points_limit_the_meta_segmentation_loss():
+    """``seg_points``: the outer segmentation loss uses that many of the iteration's points (MSE keeps all)."""
+    from monai.losses import FocalLoss
+
+    from scripts.trainer import MetaSegTrainer
+
+    torch.manual_seed(0)
+    net = MetaSegINR(
+        hidden_channels=8, num_sine_layers=2, head_channels=8, num_classes=3, context_radius=1, context_grid=(8, 8)
+    )
+    seen = []
+
+    def loss(logits, labels):
+        seen.append(logits.shape[-1])
+        return FocalLoss(use_softmax=True, to_onehot_y=True)(logits, labels)
+
+    trainer = MetaSegTrainer(
+        device="cpu",
+        max_epochs=1,
+        train_data_loader=[],
+        network=net,
+        optimizer=torch.optim.Adam(net.parameters()),
+        loss_function=loss,
+        inner_steps=1,
+        inner_seg_weight=0.0,
+        num_points=40,
+        seg_points=10,
+    )
+    total, extras = trainer.compute_loss(torch.rand(1, 1, 8, 8), torch.randint(0, 3, (1, 1, 8, 8)), net)
+    total.backward()
+    assert seen == [10] and net.head[0].weight.grad.abs().sum() > 0 and net.trunk[0].weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="seg_points"):
+        MetaSegTrainer(
+            device="cpu",
+            max_epochs=1,
+            train_data_loader=[],
+            network=net,
+            optimizer=torch.optim.Adam(net.parameters()),
+            loss_function=loss,
+            seg_points=0,
+        )
+
+
+def test_head_bf16_changes_only_the_head_rounding():
+    """``head_bf16``: the head's products in bfloat16; the fit and reconstruction are float32 and unchanged."""
+    torch.manual_seed(0)
+    net = _tiny_net()
+    image = torch.rand(1, 1, 12, 10)
+    logits16, recon16 = MetaSegInferer(fit_steps=3, fit_lr=1e-2, head_bf16=True).fit_decode(image, net)
+    logits32, recon32 = MetaSegInferer(fit_steps=3, fit_lr=1e-2, head_bf16=False).fit_decode(image, net)
+    assert logits16.dtype == torch.float32 and not torch.equal(logits16, logits32)
+    torch.testing.assert_close(logits16, logits32, rtol=0.05, atol=0.02)
+    torch.testing.assert_close(recon16, recon32, rtol=0, atol=0)

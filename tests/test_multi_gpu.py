@@ -8,9 +8,7 @@ import subprocess
 import sys
 
 import torch
-from conftest import REPO_ROOT, TINY_NET
-
-from scripts.network import MetaSegINR
+from conftest import REPO_ROOT, TINY_NET, tiny_metaseg
 
 # test-only: every rank saves its weights after meta-training (run#1) and at the end, before the group is destroyed
 SAVE_EACH_RANK = {
@@ -76,9 +74,7 @@ def test_two_process_training_keeps_replicas_identical(tiny_dataset, tmp_path):
         "checkpoint_meta.pt",
         "checkpoint_head.pt",
     } | {f"{s}_rank{r}.pt" for s in ("meta", "final") for r in (0, 1)}
-    MetaSegINR(hidden_channels=16, num_sine_layers=2, head_channels=16).load_state_dict(
-        torch.load(ckpt / "model.pt", weights_only=True)
-    )
+    tiny_metaseg().load_state_dict(torch.load(ckpt / "model.pt", weights_only=True))
     # the head fine-tune ran (in sync) after meta-training: the final head differs from the meta-learned one
     meta = torch.load(ckpt / "meta_model.pt", weights_only=True)
     assert not torch.equal(states[0]["head.2.weight"], meta["head.2.weight"])

@@ -119,3 +119,32 @@ def test_image_forward_is_the_fit_then_decode_contract():
     torch.testing.assert_close(logits, MetaSegInferer()(image, net))
     with pytest.raises(ValueError, match="coordinates"):
         net(torch.rand(1, 1, 12, 10, 4))
+
+
+def test_context_head_reads_neighbour_features():
+    """``context_radius``: the head's input is the trunk features at the (2r+1)^D neighbours, clamped to [-1, 1]."""
+    torch.manual_seed(0)
+    net = MetaSegINR(hidden_channels=8, num_sine_layers=2, head_channels=4, context_radius=1, context_grid=(9, 9))
+    assert net.head[0].in_features == 9 * 8 and net.context_offsets.shape == (9, 2)
+    # step 4 pixels of a 9-pixel grid = 1.0 in coordinates; neighbours outside [-1, 1] are clamped
+    assert torch.allclose(net.context_offsets.abs().max(), torch.tensor(1.0))
+    coords = torch.tensor([[[0.0, 0.0], [1.0, -1.0]]])
+    params = net.param_dict()
+    head_input = net.head_input(coords, params)
+    expected = []
+    for point in coords[0]:
+        neighbours = (point + net.context_offsets).clamp(-1, 1)[None]
+        expected.append(net.trunk_features(neighbours, params).reshape(-1))
+    torch.testing.assert_close(head_input[0], torch.stack(expected))
+    # module forward (the TorchScript path) and functional forward agree
+    intensity, _, logits = net.functional_forward(coords, params)
+    torch.testing.assert_close(net(coords), torch.cat([intensity, logits], -1))
+    torch.testing.assert_close(torch.jit.script(net)(coords), net(coords))
+
+
+def test_context_head_arguments_are_checked():
+    with pytest.raises(ValueError, match="context_grid"):
+        MetaSegINR(context_radius=1)
+    with pytest.raises(ValueError, match="context_radius"):
+        MetaSegINR(context_radius=-1)
+    assert MetaSegINR(context_radius=0).head[0].in_features == 128  # the paper's head: the point's own features

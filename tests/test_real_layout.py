@@ -9,10 +9,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_NET, run_bundle
+from conftest import TINY_NET, run_bundle, tiny_metaseg
 
 from scripts.data import load_datalist
-from scripts.network import MetaSegINR
 
 
 @pytest.fixture()
@@ -62,7 +61,7 @@ def test_evaluating_real_layout_with_25_classes(fake_oasis, tmp_path):
     root, splits = fake_oasis
     models = tmp_path / "models"
     models.mkdir()
-    net = MetaSegINR(hidden_channels=16, num_sine_layers=2, head_channels=16, num_classes=25)
+    net = tiny_metaseg(num_classes=25)
     torch.save(net.state_dict(), models / "model.pt")
     out = tmp_path / "eval"
     run_bundle(

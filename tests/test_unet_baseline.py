@@ -8,12 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO_ROOT, TINY_NET, run_bundle, save_tiny_metaseg
+from conftest import REPO_ROOT, TINY_NET, config_metaseg, run_bundle, save_tiny_metaseg, tiny_metaseg
 from monai.bundle import ConfigParser
 from monai.networks.nets import BasicUNet
 from PIL import Image
-
-from scripts.network import MetaSegINR
 
 TRAIN_UNET = "configs/train_unet.json"
 EVAL_UNET = "['configs/train_unet.json','configs/evaluate_unet.json']"
@@ -27,7 +25,7 @@ def test_default_unet_is_the_buda_sized_basic_unet():
     net = parser.get_parsed_content("network_def")
     assert isinstance(net, BasicUNet)
     assert sum(p.numel() for p in net.parameters()) == 7_782_981  # docs/README.md, Buda et al.: ~7.76M
-    assert sum(p.numel() for p in MetaSegINR().parameters()) == 83_718
+    assert sum(p.numel() for p in config_metaseg().parameters()) == 428_806  # docs/README.md
     with torch.no_grad():
         assert net(torch.rand(1, 1, 64, 64)).shape == (1, 5, 64, 64)
 
@@ -108,7 +106,7 @@ def test_compare_writes_the_report_and_its_pictures(compared, unet_trained):
     report, out, _ = compared
     text = (report / "results.md").read_text()
     result = json.loads((out / "comparison.json").read_text())
-    n_metaseg = sum(p.numel() for p in MetaSegINR(hidden_channels=16, num_sine_layers=2, head_channels=16).parameters())
+    n_metaseg = sum(p.numel() for p in tiny_metaseg().parameters())
     n_unet = sum(p.numel() for p in BasicUNet(2, 1, 5, features=TINY_FEATURES).parameters())
     assert result["metaseg"]["num_parameters"] == n_metaseg and result["unet"]["num_parameters"] == n_unet
     assert f"| parameters | {n_metaseg:,} | {n_unet:,} |" in text

@@ -10,9 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO_ROOT, run_bundle
-
-from scripts.network import MetaSegINR
+from conftest import REPO_ROOT, config_metaseg, run_bundle, tiny_metaseg
 
 META = "configs/metadata.json"
 SCHEMA = REPO_ROOT / "tests" / "meta_schema.json"  # meta_schema_20240725.json of MONAI-extra-test-data 0.8.1
@@ -67,7 +65,7 @@ def test_network_data_format_is_the_image_to_label_contract():
     image, pred = fmt["inputs"]["image"], fmt["outputs"]["pred"]
     assert image["num_channels"] == 1 and len(image["spatial_shape"]) == 2
     assert pred["num_channels"] == 5 and pred["channel_def"]["0"] == "background"
-    net = MetaSegINR(hidden_channels=16, num_sine_layers=2, head_channels=16)
+    net = tiny_metaseg()
     with torch.no_grad():
         out = net(torch.rand(1, image["num_channels"], 24, 20))
     assert out.shape == (1, pred["num_channels"], 24, 20)
@@ -112,13 +110,13 @@ def test_ckpt_export_gives_torchscript_equal_to_eager(tmp_path):
     extra = {"metadata.json": "", "inference.json": ""}
     scripted = torch.jit.load(str(ts), _extra_files=extra)
     assert json.loads(extra["metadata.json"])["version"] == json.loads((REPO_ROOT / META).read_text())["version"]
-    eager = MetaSegINR()
+    eager = config_metaseg()
     eager.load_state_dict(torch.load(REPO_ROOT / "models" / "model.pt", weights_only=True))
     eager.eval()
     coords = torch.rand(2, 500, 2) * 2 - 1
     with torch.no_grad():
         torch.testing.assert_close(scripted(coords), eager(coords), rtol=0, atol=0)
-        assert not torch.allclose(scripted(coords), MetaSegINR()(coords))  # weights came from model.pt
+        assert not torch.allclose(scripted(coords), config_metaseg()(coords))  # weights came from model.pt
 
 
 @pytest.mark.parametrize("path", ["models/model.pt", "models/unet.pt"])

@@ -1,0 +1,133 @@
+"""Ablation of MetaSeg's segmentation head on fitted features: neighbourhood context, width and depth.
+
+Every demo image (train, val, test) is fitted once by the bundle's :class:`scripts.inferer.MetaSegInferer` (settings of
+``configs/inference.json``) from the trunk of ``--model``; then, for each ``--variant``, a fresh head is trained on the
+fitted features of the training images (DiceFocal loss, Adam with cosine decay, random pixels) and scored on the val
+and test images (mean foreground Dice of the argmax on the 192x192 grid, as ``run evaluating`` computes it). The
+trunk is the same for all variants, so the table isolates what the head reads. Results: docs/README.md.
+
+    python benchmarks/head_context.py --model models/model.pt --iters 1500 \\
+        --variant point=0,4,128,1 --variant ctx4=1,4,256,2 --variant ctx8=1,8,256,2
+
+A variant is ``name=context_radius,context_step,head_channels,head_layers`` (``MetaSegINR`` arguments).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+from monai.bundle import ConfigParser
+from monai.losses import DiceFocalLoss
+from monai.metrics import DiceMetric
+from monai.networks.utils import one_hot
+
+from scripts.fitting import grid_neighbour_index
+from scripts.inferer import MetaSegInferer
+from scripts.network import TRUNK_PREFIXES, MetaSegINR
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_split(parser: ConfigParser, split: str, limit: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Preprocessed images and labels ``[B, 1, H, W]`` of one demo split (the first ``limit``)."""
+    parser["split"] = split
+    preprocessing = parser.get_parsed_content("preprocessing", lazy=False)
+    items = [preprocessing(d) for d in parser.get_parsed_content("dataset#data", lazy=False)[:limit]]
+    images = torch.stack([torch.as_tensor(d["image"]) for d in items]).float()
+    return images, torch.stack([torch.as_tensor(d["label"]) for d in items]).long()
+
+
+def fitted_features(net: MetaSegINR, inferer: MetaSegInferer, images: torch.Tensor) -> torch.Tensor:
+    """Penultimate features ``[B, N, hidden]`` (fp16) of every pixel after the test-time fit of each image."""
+    out = []
+    for image in images:
+        fit = inferer.fit(image[None], net)
+        with torch.no_grad():
+            out.append(net.trunk_features(fit.coords, fit.params)[0].half())
+    return torch.stack(out)
+
+
+def train_head(net: MetaSegINR, feats: torch.Tensor, labels: torch.Tensor, index: torch.Tensor, iters: int) -> None:
+    """Train ``net``'s head on random pixels of the fitted training features (neighbours gathered by ``index``)."""
+    optimizer = torch.optim.Adam(net.head.parameters(), lr=1e-3)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, iters)
+    loss_fn = DiceFocalLoss(softmax=True, to_onehot_y=True, gamma=1.0)
+    flat_labels = labels.flatten(1)
+    for _ in range(iters):
+        images = torch.randint(len(feats), (2,))
+        pixels = torch.randint(index.shape[0], (2, 8192))
+        head_input = torch.stack([feats[i][index[p].flatten()].reshape(len(p), -1) for i, p in zip(images, pixels)])
+        logits = net.decode(head_input.float())
+        target = torch.stack([flat_labels[i][p] for i, p in zip(images, pixels)])
+        loss = loss_fn(logits.transpose(1, 2), target[:, None])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+
+
+@torch.no_grad()
+def score(net: MetaSegINR, feats: torch.Tensor, labels: torch.Tensor, index: torch.Tensor) -> list[float]:
+    """Mean foreground Dice, then the Dice of each foreground class, averaged over images."""
+    shape = labels.shape[2:]
+    preds = torch.stack([net.decode(f[index.flatten()].reshape(index.shape[0], -1).float()).argmax(-1) for f in feats])
+    c = net.num_classes
+    dice = DiceMetric(include_background=False)(one_hot(preds.reshape(-1, 1, *shape), c), one_hot(labels, c))
+    per_class = dice.as_tensor().nanmean(0)  # [B, C - 1] -> per class
+    return [float(per_class.mean()), *(float(d) for d in per_class)]
+
+
+def main() -> None:
+    args = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    args.add_argument("--model", type=Path, default=REPO_ROOT / "models" / "model.pt")
+    args.add_argument("--variant", action="append", required=True, help="name=radius,step,head_channels,head_layers")
+    args.add_argument("--iters", type=int, default=1500)
+    args.add_argument("--seed", type=int, default=0)
+    args.add_argument("--num_images", type=int, default=None, help="first N images per split (default: all)")
+    opts = args.parse_args()
+
+    parser = ConfigParser()
+    parser.read_config([str(REPO_ROOT / "configs" / f) for f in ("inference.json", "evaluate.json")])
+    parser["bundle_root"] = str(REPO_ROOT)
+    state = torch.load(opts.model, weights_only=True)
+    trunk_state = {k: v for k, v in state.items() if k.startswith(TRUNK_PREFIXES)}
+    base = parser.get_parsed_content("network_def")
+    base.load_state_dict({**base.state_dict(), **trunk_state})
+    inferer = parser.get_parsed_content("inferer")
+    data = {}
+    for split in ("train", "val", "test"):
+        start = time.perf_counter()
+        images, labels = load_split(parser, split, opts.num_images)
+        data[split] = (fitted_features(base, inferer, images), labels)
+        print(f"{split}: {len(images)} images fitted in {time.perf_counter() - start:.0f} s", flush=True)
+
+    grid = tuple(data["train"][1].shape[2:])
+    names = ["cortex", "subcortical_gm", "white_matter", "csf"]
+    print("| variant | radius, step, width, layers | head params | val Dice | test Dice | " + " | ".join(names) + " |")
+    for spec in opts.variant:
+        name, values = spec.split("=")
+        radius, step, width, layers = (int(v) for v in values.split(","))
+        torch.manual_seed(opts.seed)
+        net = MetaSegINR(
+            hidden_channels=base.trunk[0].out_features,
+            num_sine_layers=len(base.trunk),
+            num_classes=base.num_classes,
+            head_channels=width,
+            head_layers=layers,
+            context_radius=radius,
+            context_step=step,
+            context_grid=grid if radius else None,
+        )
+        index = grid_neighbour_index(grid, net.context_pixels)
+        train_head(net, *data["train"], index, opts.iters)
+        val, test = score(net, *data["val"], index), score(net, *data["test"], index)
+        params = sum(p.numel() for p in net.head.parameters())
+        per_class = " | ".join(f"{d:.3f}" for d in test[1:])
+        print(f"| {name} | {values} | {params:,} | {val[0]:.4f} | {test[0]:.4f} | {per_class} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
