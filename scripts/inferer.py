@@ -149,8 +149,10 @@ class MetaSegInferer(Inferer):
             features.append(out[1])
         features = torch.cat(features, dim=1)  # [B, N, hidden]
         index = grid_neighbour_index(fit.spatial_shape, net.context_pixels.to(features.device))  # [N, K]
+        # a head-input chunk [B, n, K * hidden] holds as many values as a chunk of `chunk` trunk features
+        rows = max(1, chunk // (features.shape[0] * index.shape[1]))
         logits = []
-        for idx in index.split(chunk, dim=0):
+        for idx in index.split(rows, dim=0):
             head_input = features[:, idx.flatten()].reshape(features.shape[0], idx.shape[0], -1)
             logits.append(self._head_logits(net, head_input, fit.params))
         shape = fit.spatial_shape
