@@ -223,31 +223,23 @@ def test_seg_points_limit_the_meta_segmentation_loss():
         seen.append(logits.shape[-1])
         return FocalLoss(use_softmax=True, to_onehot_y=True)(logits, labels)
 
-    trainer = MetaSegTrainer(
-        device="cpu",
-        max_epochs=1,
-        train_data_loader=[],
-        network=net,
-        optimizer=torch.optim.Adam(net.parameters()),
-        loss_function=loss,
-        inner_steps=1,
-        inner_seg_weight=0.0,
-        num_points=40,
-        seg_points=10,
-    )
-    total, extras = trainer.compute_loss(torch.rand(1, 1, 8, 8), torch.randint(0, 3, (1, 1, 8, 8)), net)
-    total.backward()
-    assert seen == [10] and net.head[0].weight.grad.abs().sum() > 0 and net.trunk[0].weight.grad.abs().sum() > 0
-    with pytest.raises(ValueError, match="seg_points"):
-        MetaSegTrainer(
+    def trainer(**kwargs):
+        return MetaSegTrainer(
             device="cpu",
             max_epochs=1,
             train_data_loader=[],
             network=net,
             optimizer=torch.optim.Adam(net.parameters()),
             loss_function=loss,
-            seg_points=0,
+            **kwargs,
         )
+
+    meta = trainer(inner_steps=1, inner_seg_weight=0.0, num_points=40, seg_points=10)
+    total, _ = meta.compute_loss(torch.rand(1, 1, 8, 8), torch.randint(0, 3, (1, 1, 8, 8)), net)
+    total.backward()
+    assert seen == [10] and net.head[0].weight.grad.abs().sum() > 0 and net.trunk[0].weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="seg_points"):
+        trainer(seg_points=0)
 
 
 def test_head_bf16_changes_only_the_head_rounding():
