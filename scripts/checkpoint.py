@@ -49,10 +49,14 @@ def architecture_of(state: Mapping[str, Any]) -> dict[str, int]:
         arch["hidden_channels"] = int(state["trunk.0.weight"].shape[0])
     if "intensity.weight" in state:
         arch["out_channels"] = int(state["intensity.weight"].shape[0])
-    if "head.0.weight" in state:
+    head = sorted(int(k.split(".")[1]) for k in state if k.startswith("head.") and k.endswith(".weight"))
+    if head:  # head.0, head.2, ...: hidden Linear layers, then the classifier
+        arch["head_layers"] = len(head) - 1
         arch["head_channels"] = int(state["head.0.weight"].shape[0])
-    if "head.2.weight" in state:
-        arch["num_classes"] = int(state["head.2.weight"].shape[0])
+        arch["num_classes"] = int(state[f"head.{head[-1]}.weight"].shape[0])
+        if trunk:  # the head reads (2r+1)^D neighbours' features
+            neighbours = int(state["head.0.weight"].shape[1]) // arch["hidden_channels"]
+            arch["context_radius"] = int(round((neighbours ** (1.0 / arch["spatial_dims"]) - 1) / 2))
     return arch
 
 

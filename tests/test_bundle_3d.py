@@ -128,7 +128,13 @@ def test_2d_and_3d_switch_by_config_file_refuses_the_wrong_input(trained_3d, tin
     cases = (
         (INFER_2D, volume, data_args(root, splits, models_2d), [str(volume), "spatial_dims=2"]),
         (INFER_3D, slice_2d, common, [str(slice_2d), "spatial_dims=3", "is a 2D slice"]),
-        (INFER_2D, slice_2d, common, ["trained with spatial_dims=3 but the config has spatial_dims=2"]),
+        # the 3D model folder with the 2D settings: its weights are refused, naming what differs
+        (
+            INFER_2D,
+            slice_2d,
+            data_args(root, splits, work / "models"),
+            ["trained with spatial_dims=3", "has spatial_dims=2"],
+        ),
     )
     for config, image, args, phrases in cases:
         out = tmp_path / "wrong"

@@ -55,8 +55,13 @@ def test_matching_state_dict_and_full_checkpoint_load(tmp_path):
         "hidden_channels": 16,
         "out_channels": 1,
         "head_channels": 16,
+        "head_layers": 1,
         "num_classes": 5,
+        "context_radius": 0,
     }
+    context = MetaSegINR(**TINY, head_layers=2, num_classes=3, context_radius=1, context_grid=(8, 8))
+    found = architecture_of(context.state_dict())
+    assert (found["head_layers"], found["num_classes"], found["context_radius"]) == (2, 3, 1)
 
 
 class NotWeights:
