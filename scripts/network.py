@@ -32,9 +32,9 @@ class MetaSegINR(nn.Module):
     With ``context_radius`` ``r > 0`` the head reads the features of a ``(2r+1)^D`` neighbourhood of each point
     instead of the point's alone: the trunk is also evaluated at the point shifted by multiples of ``context_step``
     pixels of a ``context_grid``-sized image (clamped to ``[-1, 1]``), and the head's input is those features
-    concatenated. The network stays an implicit
-    function of continuous coordinates; on the ``context_grid`` itself the neighbours are grid points, which
-    :class:`scripts.inferer.MetaSegInferer` gathers from one trunk pass instead of evaluating the trunk again.
+    concatenated. The network stays an implicit function of continuous coordinates; on the ``context_grid`` itself
+    the neighbours are grid points, which :class:`scripts.inferer.MetaSegInferer` gathers from one trunk pass instead
+    of evaluating the trunk again.
 
     ``forward(coords)`` takes coordinates ``[B, N, spatial_dims]`` in ``[-1, 1]`` and returns ``[B, N, 1 + C]``:
     channel 0 is the intensity, channels ``1..C`` the class logits (given an image batch instead, ``forward`` runs

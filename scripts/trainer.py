@@ -135,6 +135,15 @@ class MetaSegTrainer(PointLossTrainer):
         full = (batch_coordinate_grid(inputs), image, label)
         index = sample_points(full[0].shape[1], self.num_points, batch, image.device)
         outer = tuple(gather_points(t, index) for t in full)
+        # the segmentation loss uses the first seg_points of a random subset, or a random pick when all pixels are used
+        seg_pick = None
+        if self.seg_points is not None and index is None:
+            seg_pick = sample_points(full[0].shape[1], self.seg_points, batch, image.device)
+
+        def seg_subset(t: torch.Tensor, points: tuple[torch.Tensor, ...]) -> torch.Tensor:
+            if self.seg_points is None:
+                return t
+            return gather_points(t, seg_pick) if points is outer and index is None else t[:, : self.seg_points]
 
         def losses(
             p: dict[str, torch.Tensor], with_seg: bool, points: tuple[torch.Tensor, ...]
@@ -144,11 +153,10 @@ class MetaSegTrainer(PointLossTrainer):
             mse = F.mse_loss(intensity, img)
             if not with_seg:
                 return mse, mse.new_zeros(())
-            n = coords.shape[1] if self.seg_points is None else min(self.seg_points, coords.shape[1])
-            # the points are a random subset already, so the first n are a random subset of them
-            head_input = net.head_input(coords[:, :n], p, features[:, :n] if net.context_radius == 0 else None)
+            seg_coords, seg_features = seg_subset(coords, points), seg_subset(features, points)
+            head_input = net.head_input(seg_coords, p, seg_features if net.context_radius == 0 else None)
             logits = net.decode(head_input, p)
-            return mse, self.loss_function(logits.transpose(1, 2), lab[:, :n].transpose(1, 2))
+            return mse, self.loss_function(logits.transpose(1, 2), seg_subset(lab, points).transpose(1, 2))
 
         def inner_loss(p: dict[str, torch.Tensor]) -> torch.Tensor:
             points = outer

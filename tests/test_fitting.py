@@ -238,6 +238,15 @@ def test_seg_points_limit_the_meta_segmentation_loss():
     total, _ = meta.compute_loss(torch.rand(1, 1, 8, 8), torch.randint(0, 3, (1, 1, 8, 8)), net)
     total.backward()
     assert seen == [10] and net.head[0].weight.grad.abs().sum() > 0 and net.trunk[0].weight.grad.abs().sum() > 0
+    # all pixels (num_points None): the segmentation loss takes a random pick of them, not the first rows
+    seen.clear()
+    meta = trainer(inner_steps=1, inner_seg_weight=0.0, num_points=None, seg_points=10)
+    label = torch.zeros(1, 1, 8, 8, dtype=torch.long)
+    label[..., 4:, :] = 2  # the first 32 pixels are class 0
+    labels_seen = []
+    meta.loss_function = lambda logits, labels: labels_seen.append(labels) or logits.sum() * 0
+    meta.compute_loss(torch.rand(1, 1, 8, 8), label, net)
+    assert labels_seen[0].shape[-1] == 10 and labels_seen[0].max() == 2
     with pytest.raises(ValueError, match="seg_points"):
         trainer(seg_points=0)
 
