@@ -24,7 +24,7 @@ from monai.losses import DiceFocalLoss
 from monai.metrics import DiceMetric
 from monai.networks.utils import one_hot
 
-from scripts.fitting import grid_neighbour_index
+from scripts.fitting import gather_neighbours, grid_neighbour_index
 from scripts.inferer import MetaSegInferer
 from scripts.network import TRUNK_PREFIXES, MetaSegINR
 
@@ -59,7 +59,7 @@ def train_head(net: MetaSegINR, feats: torch.Tensor, labels: torch.Tensor, index
     for _ in range(iters):
         images = torch.randint(len(feats), (2,))
         pixels = torch.randint(index.shape[0], (2, 8192))
-        head_input = torch.stack([feats[i][index[p].flatten()].reshape(len(p), -1) for i, p in zip(images, pixels)])
+        head_input = torch.cat([gather_neighbours(feats[i : i + 1], index[p]) for i, p in zip(images, pixels)])
         logits = net.decode(head_input.float())
         target = torch.stack([flat_labels[i][p] for i, p in zip(images, pixels)])
         loss = loss_fn(logits.transpose(1, 2), target[:, None])
@@ -73,7 +73,7 @@ def train_head(net: MetaSegINR, feats: torch.Tensor, labels: torch.Tensor, index
 def score(net: MetaSegINR, feats: torch.Tensor, labels: torch.Tensor, index: torch.Tensor) -> list[float]:
     """Mean foreground Dice, then the Dice of each foreground class, averaged over images."""
     shape = labels.shape[2:]
-    preds = torch.stack([net.decode(f[index.flatten()].reshape(index.shape[0], -1).float()).argmax(-1) for f in feats])
+    preds = torch.cat([net.decode(gather_neighbours(f[None], index).float()).argmax(-1) for f in feats])
     c = net.num_classes
     dice = DiceMetric(include_background=False)(one_hot(preds.reshape(-1, 1, *shape), c), one_hot(labels, c))
     per_class = dice.as_tensor().nanmean(0)  # [B, C - 1] -> per class

@@ -13,6 +13,7 @@ __all__ = [
     "flatten_image",
     "unflatten_points",
     "grid_neighbour_index",
+    "gather_neighbours",
     "sample_points",
     "gather_points",
     "batch_params",
@@ -53,6 +54,12 @@ def grid_neighbour_index(spatial_shape: Sequence[int], offsets: torch.Tensor) ->
     neighbour = torch.minimum((position.unsqueeze(1) + offsets).clamp(min=0), shape - 1)  # [N, K, D]
     strides = torch.tensor([math.prod(spatial_shape[d + 1 :]) for d in range(len(axes))], device=offsets.device)
     return (neighbour * strides).sum(-1)
+
+
+def gather_neighbours(features: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Features ``[B, n, K * C]`` of the neighbours ``index`` ``[n, K]`` (:func:`grid_neighbour_index` rows) of
+    ``n`` grid points, from per-point features ``[B, N, C]``."""
+    return features[:, index.flatten()].reshape(features.shape[0], index.shape[0], -1)
 
 
 def sample_points(

@@ -16,6 +16,7 @@ from .fitting import (
     batch_coordinate_grid,
     batch_params,
     flatten_image,
+    gather_neighbours,
     gather_points,
     grid_neighbour_index,
     sample_points,
@@ -153,8 +154,7 @@ class MetaSegInferer(Inferer):
         rows = max(1, chunk // (features.shape[0] * index.shape[1]))
         logits = []
         for idx in index.split(rows, dim=0):
-            head_input = features[:, idx.flatten()].reshape(features.shape[0], idx.shape[0], -1)
-            logits.append(self._head_logits(net, head_input, fit.params))
+            logits.append(self._head_logits(net, gather_neighbours(features, idx), fit.params))
         shape = fit.spatial_shape
         return unflatten_points(torch.cat(logits, dim=1), shape), unflatten_points(torch.cat(intensity, dim=1), shape)
 

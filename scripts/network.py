@@ -199,9 +199,12 @@ class MetaSegINR(nn.Module):
         """
         if self.context_radius == 0:
             return self.trunk_features(coords, params) if features is None else features
-        shifted = (coords.unsqueeze(2) + self.context_offsets.to(coords)).clamp(-1.0, 1.0)  # [B, N, K, D]
-        neighbours = self.trunk_features(shifted.flatten(1, 2), params)  # [B, N * K, hidden]
+        neighbours = self.trunk_features(self._neighbour_coords(coords), params)  # [B, N * K, hidden]
         return neighbours.reshape(*coords.shape[:2], -1)
+
+    def _neighbour_coords(self, coords: torch.Tensor) -> torch.Tensor:
+        """Coordinates ``[B, N * K, D]`` of the ``K`` context neighbours of every point, clamped to ``[-1, 1]``."""
+        return (coords.unsqueeze(2) + self.context_offsets.to(coords)).clamp(-1.0, 1.0).flatten(1, 2)
 
     def decode(self, head_input: torch.Tensor, params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """Class logits ``[B, N, C]`` from the head's input (:meth:`head_input`; head parameters from ``params``)."""
@@ -226,8 +229,7 @@ class MetaSegINR(nn.Module):
             raise ValueError(f"MetaSegINR expects coordinates [B, N, {self.spatial_dims}], got last dim {x.shape[-1]}.")
         h = self._module_trunk(x)
         if self.context_radius > 0:
-            shifted = (x.unsqueeze(2) + self.context_offsets.to(x)).clamp(-1.0, 1.0)
-            head_in = self._module_trunk(shifted.flatten(1, 2)).reshape(x.shape[0], x.shape[1], -1)
+            head_in = self._module_trunk(self._neighbour_coords(x)).reshape(x.shape[0], x.shape[1], -1)
         else:
             head_in = h
         return torch.cat([self.intensity(h), self.head(head_in)], dim=-1)
