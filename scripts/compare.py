@@ -1,6 +1,8 @@
-"""MetaSeg vs the U-Net baseline on one test split, in one run: metrics, cost, pictures and ``docs/results.md``.
+"""MetaSeg vs a baseline on one test split, in one run: metrics, cost, pictures and a Markdown report.
 
-Run it with ``python -m monai.bundle run compare --config_file configs/compare.json`` (see that config). Both models
+2D: ``python -m monai.bundle run compare --config_file configs/compare.json`` (the U-Net, ``docs/results.md``).
+3D: ``--config_file "['configs/compare.json','configs/compare_3d.json']"`` (SegResNet, ``docs/results_3d.md``;
+pictures show the middle slice of the last axis, the coronal plane of neurite-oasis volumes). Both models
 are evaluated by their own bundle evaluation configs, run in this process as MONAI ``ConfigWorkflow`` s, so the
 numbers are those of ``run evaluating`` (``metrics_summary.json``). Every MetaSeg number and picture comes from
 :class:`scripts.inferer.MetaSegInferer` (``fit``/``decode``), the one implementation of the test-time fit.
@@ -97,61 +99,70 @@ def _one_hot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
 
 
 class ModelComparison:
-    """Evaluate MetaSeg and the U-Net baseline on the same split and write a Markdown report with PNG pictures.
+    """Evaluate MetaSeg and a baseline on the same split and write a Markdown report with PNG pictures.
 
     Args:
         bundle_root: the bundle folder (config paths and the report's commands are relative to it).
         metaseg_config_files: MetaSeg's evaluation configs (``inference.json`` + ``evaluate.json``, plus any file of
             overrides, e.g. a smaller network).
-        unet_config_files: the U-Net's evaluation configs (``train_unet.json`` + ``evaluate_unet.json`` [+ overrides]).
+        baseline_config_files: the baseline's evaluation configs (2D: ``train_unet.json`` + ``evaluate_unet.json``,
+            3D: plus ``train_segresnet.json`` + ``evaluate_segresnet.json``, [+ overrides]).
         overrides: values given to both evaluations (``dataset_dir``, ``splits_file``, ``split``, ``device``, ...).
-        metaseg_overrides, unet_overrides: values for one of them (``ckpt_dir``, ``output_dir``, ...).
-        metaseg_ckpt, unet_ckpt: the weight files (checked before anything runs).
+        metaseg_overrides, baseline_overrides: values for one of them (``ckpt_dir``, ``output_dir``, ...).
+        metaseg_ckpt, baseline_ckpt: the weight files (checked before anything runs).
         report_dir: where ``report_name`` and the PNG files go (``docs``).
         output_dir: where the evaluations' CSV/JSON files and ``comparison.json`` go.
         fit_steps_list: test-time fit steps of the fit-steps sweep.
         num_overlay_images: test images in the overlay grid.
         num_pca_images: test images in the feature PCA picture.
-        metaseg_train_seconds, unet_train_seconds: training wall times; ``None`` reads them from the JSON files
-            that the training runs write (``metaseg_train_time_file``, ``unet_train_time_file``).
+        metaseg_train_seconds, baseline_train_seconds: training wall times; ``None`` reads them from the JSON files
+            that the training runs write (``metaseg_train_time_file``, ``baseline_train_time_file``).
         image_prefix: prefix of the PNG file names.
         transpose: show the first array axis horizontally (neurite-oasis coronal slices upright).
+        baseline_name: the baseline's name in the report (``U-Net``, ``SegResNet``).
+        baseline_command: the command that trains the baseline (named when its weights are missing).
+        sweep_images: number of test images of the fit-steps sweep (``None``: all; 3D fits are costly).
+        report_command: the command named in the report as the one that produced it.
     """
 
     def __init__(
         self,
         bundle_root: str,
         metaseg_config_files: Sequence[str],
-        unet_config_files: Sequence[str],
+        baseline_config_files: Sequence[str],
         metaseg_ckpt: str,
-        unet_ckpt: str,
+        baseline_ckpt: str,
         report_dir: str,
         output_dir: str,
         overrides: Mapping[str, Any] | None = None,
         metaseg_overrides: Mapping[str, Any] | None = None,
-        unet_overrides: Mapping[str, Any] | None = None,
+        baseline_overrides: Mapping[str, Any] | None = None,
         report_name: str = "results.md",
         fit_steps_list: Sequence[int] = (1, 2, 5, 10, 25, 50, 100),
         num_overlay_images: int = 4,
         num_pca_images: int = 2,
         metaseg_train_seconds: float | None = None,
-        unet_train_seconds: float | None = None,
+        baseline_train_seconds: float | None = None,
         metaseg_train_time_file: str | None = None,
-        unet_train_time_file: str | None = None,
+        baseline_train_time_file: str | None = None,
         image_prefix: str = "results_",
         class_names: Sequence[str] = ("cortex", "subcortical_gm", "white_matter", "csf"),
         transpose: bool = True,
+        baseline_name: str = "U-Net",
+        baseline_command: str = "python -m monai.bundle run training --config_file configs/train_unet.json",
+        sweep_images: int | None = None,
+        report_command: str = "python -m monai.bundle run compare --config_file configs/compare.json",
     ) -> None:
         self.bundle_root = bundle_root
         self.metaseg_config_files = list(metaseg_config_files)
-        self.unet_config_files = list(unet_config_files)
+        self.baseline_config_files = list(baseline_config_files)
         self.metaseg_ckpt = metaseg_ckpt
-        self.unet_ckpt = unet_ckpt
+        self.baseline_ckpt = baseline_ckpt
         self.report_dir = report_dir
         self.output_dir = output_dir
         self.overrides = dict(overrides or {})
         self.metaseg_overrides = dict(metaseg_overrides or {})
-        self.unet_overrides = dict(unet_overrides or {})
+        self.baseline_overrides = dict(baseline_overrides or {})
         self.report_name = report_name
         self.fit_steps_list = sorted({int(n) for n in fit_steps_list})
         if any(n < 0 for n in self.fit_steps_list):
@@ -159,12 +170,18 @@ class ModelComparison:
         self.num_overlay_images = int(num_overlay_images)
         self.num_pca_images = int(num_pca_images)
         self.metaseg_train_seconds = metaseg_train_seconds
-        self.unet_train_seconds = unet_train_seconds
+        self.baseline_train_seconds = baseline_train_seconds
         self.metaseg_train_time_file = metaseg_train_time_file or os.path.splitext(metaseg_ckpt)[0] + "_train_time.json"
-        self.unet_train_time_file = unet_train_time_file or os.path.splitext(unet_ckpt)[0] + "_train_time.json"
+        self.baseline_train_time_file = (
+            baseline_train_time_file or os.path.splitext(baseline_ckpt)[0] + "_train_time.json"
+        )
         self.image_prefix = image_prefix
         self.class_names = list(class_names)
         self.transpose = transpose
+        self.baseline_name = baseline_name
+        self.baseline_command = baseline_command
+        self.sweep_images = sweep_images
+        self.report_command = report_command
 
     # ---------------------------------------------------------------- evaluations
     def _evaluate(self, name: str, config_files: list[str], overrides: dict) -> tuple[ConfigWorkflow, dict]:
@@ -235,14 +252,20 @@ class ModelComparison:
         path = str(item["image"].meta.get("filename_or_obj", "image"))
         return os.path.basename(os.path.dirname(path)) or os.path.basename(path)
 
-    def _overlay_grid(self, inferer, metaseg, unet, items, device, num_classes) -> Any:
+    @staticmethod
+    def _view(x: torch.Tensor, spatial_dims: int) -> torch.Tensor:
+        """The middle slice ``[..., H, W]`` along the last axis of volumes ``[..., H, W, D]``; 2D images unchanged."""
+        return x[..., x.shape[-1] // 2] if spatial_dims == 3 else x
+
+    def _overlay_grid(self, inferer, metaseg, baseline, items, device, num_classes) -> Any:
         rows, titles = [], []
         for item in items:
             image = item["image"][None].to(device)
             ms = inferer.fit_decode(image, metaseg)[0].argmax(1)[0]
             with torch.no_grad():
-                un = unet(image.as_tensor()).argmax(1)[0]
-            img, lab = item["image"][0], item["label"][0]
+                un = baseline(image.as_tensor()).argmax(1)[0]
+            dims = item["image"].dim() - 1
+            img, lab, ms, un = (self._view(x, dims) for x in (item["image"][0], item["label"][0], ms, un))
             rows.append(
                 [
                     overlay_rgb(img, torch.zeros_like(lab), num_classes, transpose=self.transpose),
@@ -257,7 +280,7 @@ class ModelComparison:
             self.class_names if len(self.class_names) == num_classes - 1 else [str(i) for i in range(1, num_classes)]
         )
         legend = [(n, palette[i + 1]) for i, n in enumerate(names)]
-        return image_grid(rows, ["image", "ground truth", "MetaSeg", "U-Net"], titles, legend=legend)
+        return image_grid(rows, ["image", "ground truth", "MetaSeg", self.baseline_name], titles, legend=legend)
 
     def _pca_picture(self, inferer: MetaSegInferer, network, items, device, num_classes) -> Any:
         rows, titles = [], []
@@ -269,15 +292,18 @@ class ModelComparison:
                 feats = [
                     network.functional_forward(c, fit.params, with_logits=False)[1] for c in fit.coords.split(chunk, 1)
                 ]
-                features = torch.cat(feats, dim=1)[0]
+                features = torch.cat(feats, dim=1)[0]  # [N, C]
                 labels = inferer.decode(fit, network)[0].argmax(1)[0]
-            img = item["image"][0]
+            dims = len(fit.spatial_shape)
+            img, labels = self._view(item["image"][0], dims), self._view(labels, dims)
+            features = self._view(features.T.reshape(-1, *fit.spatial_shape), dims).reshape(features.shape[1], -1).T
+            shape = tuple(img.shape)
             mask = (img > 0.02 * float(img.max())).reshape(-1)
             rows.append(
                 [
                     overlay_rgb(img, torch.zeros_like(img, dtype=torch.long), num_classes, transpose=self.transpose),
-                    pca_rgb(features, fit.spatial_shape, mask=None, transpose=self.transpose),
-                    pca_rgb(features, fit.spatial_shape, mask=mask, transpose=self.transpose),
+                    pca_rgb(features, shape, mask=None, transpose=self.transpose),
+                    pca_rgb(features, shape, mask=mask, transpose=self.transpose),
                     overlay_rgb(img, labels.cpu(), num_classes, transpose=self.transpose),
                 ]
             )
@@ -285,13 +311,18 @@ class ModelComparison:
         cols = ["image", "feature PCA", "PCA, brain pixels", "MetaSeg labels"]
         return image_grid(rows, cols, titles)
 
-    def _fit_steps_plot(self, sweep: list[dict], unet_dice: float, eval_point: tuple[int, float] | None) -> Any:
+    def _fit_steps_plot(self, sweep: list[dict], baseline_dice: float, eval_point: tuple[int, float] | None) -> Any:
         steps = [r["fit_steps"] for r in sweep]
         positive = [s for s in steps if s > 0]
         log_x = bool(positive) and len(positive) == len(steps)
         dice_series = [
             {"label": "MetaSeg", "x": steps, "y": [r["mean_dice"] for r in sweep], "colour": (31, 119, 180)},
-            {"label": f"U-Net ({unet_dice:.3f})", "hline": unet_dice, "colour": (214, 39, 40), "dashed": True},
+            {
+                "label": f"{self.baseline_name} ({baseline_dice:.3f})",
+                "hline": baseline_dice,
+                "colour": (214, 39, 40),
+                "dashed": True,
+            },
         ]
         ticks = list(steps)
         if eval_point is not None and (not log_x or eval_point[0] > 0):
@@ -329,27 +360,26 @@ class ModelComparison:
             "MetaSeg",
             "python -m monai.bundle run training --config_file configs/train.json (or use the shipped models/model.pt)",
         )
-        require_weights(
-            self.unet_ckpt, "U-Net", "python -m monai.bundle run training --config_file configs/train_unet.json"
-        )
+        require_weights(self.baseline_ckpt, self.baseline_name, self.baseline_command)
         os.makedirs(self.report_dir, exist_ok=True)
         os.makedirs(self.output_dir, exist_ok=True)
 
         ms_wf, ms = self._evaluate("metaseg", self.metaseg_config_files, self.metaseg_overrides)
-        un_wf, un = self._evaluate("unet", self.unet_config_files, self.unet_overrides)
+        un_wf, un = self._evaluate("baseline", self.baseline_config_files, self.baseline_overrides)
 
         device = ms_wf.parser.get_parsed_content("device")
         metaseg = ms_wf.parser.get_parsed_content("network")
         inferer = ms_wf.parser.get_parsed_content("inferer")
-        unet = un_wf.parser.get_parsed_content("network").eval()
+        baseline = un_wf.parser.get_parsed_content("network").eval()
         dataset = ms_wf.parser.get_parsed_content("dataset")
         num_classes = int(ms_wf.parser.get_parsed_content("num_classes"))
         items = self._test_batches(dataset)
-        logger.info(f"fit-steps sweep over {len(items)} images: {self.fit_steps_list}")
-        sweep = self._fit_steps_sweep(inferer, metaseg, items, device)
+        sweep_items = items[: self.sweep_images] if self.sweep_images else items
+        logger.info(f"fit-steps sweep over {len(sweep_items)} images: {self.fit_steps_list}")
+        sweep = self._fit_steps_sweep(inferer, metaseg, sweep_items, device)
 
         files = {}
-        grid = self._overlay_grid(inferer, metaseg, unet, items[: self.num_overlay_images], device, num_classes)
+        grid = self._overlay_grid(inferer, metaseg, baseline, items[: self.num_overlay_images], device, num_classes)
         files["overlays"] = save_png(grid, os.path.join(self.report_dir, f"{self.image_prefix}overlays.png"))
         plot = self._fit_steps_plot(
             sweep, un["metrics"]["mean_dice"], (ms.get("fit_steps"), ms["metrics"]["mean_dice"])
@@ -359,9 +389,10 @@ class ModelComparison:
         files["pca"] = save_png(pca, os.path.join(self.report_dir, f"{self.image_prefix}pca.png"))
 
         ms_train, ms_train_src = _read_train_time(self.metaseg_train_seconds, self.metaseg_train_time_file)
-        un_train, un_train_src = _read_train_time(self.unet_train_seconds, self.unet_train_time_file)
+        un_train, un_train_src = _read_train_time(self.baseline_train_seconds, self.baseline_train_time_file)
         result = {
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "command": self.report_command,
             "num_images": ms["num_images"],
             "metaseg": {
                 **ms,
@@ -370,14 +401,17 @@ class ModelComparison:
                 "train_seconds": ms_train,
                 "train_seconds_source": ms_train_src,
             },
-            "unet": {
+            "baseline_name": self.baseline_name,
+            "baseline": {
                 **un,
-                "weights": self._show_path(self.unet_ckpt),
-                "file_bytes": os.path.getsize(self.unet_ckpt),
+                "weights": self._show_path(self.baseline_ckpt),
+                "file_bytes": os.path.getsize(self.baseline_ckpt),
                 "train_seconds": un_train,
                 "train_seconds_source": un_train_src,
             },
             "fit_steps_sweep": sweep,
+            "fit_steps_sweep_images": len(sweep_items),
+            "image_shape": list(items[0]["image"].shape[1:]) if items else [],
             "pictures": {k: os.path.relpath(v, self.report_dir) for k, v in files.items()},
             "data": {
                 "dataset_dir": self._show_path(str(self.overrides.get("dataset_dir", "?"))),
@@ -417,26 +451,28 @@ class ModelComparison:
         }
 
     def _markdown(self, r: dict) -> str:
-        ms, un = r["metaseg"], r["unet"]
+        ms, un, name = r["metaseg"], r["baseline"], r["baseline_name"]
         n_ms, n_un = ms.get("num_parameters"), un.get("num_parameters")
+        unit = "volume" if len(r["image_shape"]) == 3 else "slice"
+        grid = "x".join(str(s) for s in r["image_shape"])
         lines = [
-            "# MetaSeg vs U-Net: results",
+            f"# MetaSeg vs {name}: results",
             "",
-            "Generated by `python -m monai.bundle run compare --config_file configs/compare.json` on "
+            f"Generated by `{r['command']}` on "
             f"{r['created']}: split `{r['data']['split']}` of `{r['data']['dataset_dir']}`, {r['num_images']} images. "
             "Every number below was measured by that run, except the training times, whose source is named under "
             "*Cost*. Do not edit by hand: re-run the command.",
             "",
             "## Summary",
             "",
-            self._summary_line(ms, un),
+            self._summary_line(ms, un, name),
             "",
             "## Accuracy",
             "",
-            "Dice of the argmax label map against the ground truth on the 192x192 (zero-padded) grid, averaged over "
+            f"Dice of the argmax label map against the ground truth on the networks' {grid} input grid, averaged over "
             "images, as in `run evaluating`.",
             "",
-            "| | MetaSeg | U-Net |",
+            f"| | MetaSeg | {name} |",
             "|---|---|---|",
             f"| mean foreground Dice | **{ms['metrics']['mean_dice']:.3f}** | **{un['metrics']['mean_dice']:.3f}** |",
         ]
@@ -456,19 +492,19 @@ class ModelComparison:
             "",
             "## Cost",
             "",
-            "| | MetaSeg | U-Net |",
+            f"| | MetaSeg | {name} |",
             "|---|---|---|",
             f"| parameters | {n_ms:,} | {n_un:,} |",
-            f"| parameter ratio MetaSeg / U-Net | {ratio} | |",
+            f"| parameter ratio MetaSeg / {name} | {ratio} | |",
             f"| weights file | `{ms['weights']}`, {ms['file_bytes'] / 2**20:.2f} MiB | "
             f"`{un['weights']}`, {un['file_bytes'] / 2**20:.2f} MiB |",
             f"| training wall time | {_fmt_seconds(ms['train_seconds'])} | {_fmt_seconds(un['train_seconds'])} |",
-            f"| inference seconds per slice, mean (median) | {self._secs(ms)} ({ms.get('fit_steps')} fit steps) | "
+            f"| inference seconds per {unit}, mean (median) | {self._secs(ms)} ({ms.get('fit_steps')} fit steps) | "
             f"{self._secs(un)} |",
             f"| peak resident memory during the evaluation | {self._mem(mem[0])} | {self._mem(mem[1])} |",
             "",
-            f"- Training time sources: MetaSeg {ms['train_seconds_source']}; U-Net {un['train_seconds_source']}.",
-            "- Inference time: batch preparation + inferer per image (MetaSeg: test-time fit + decoding; U-Net: one "
+            f"- Training time sources: MetaSeg {ms['train_seconds_source']}; {name} {un['train_seconds_source']}.",
+            f"- Inference time: batch preparation + inferer per image (MetaSeg: test-time fit + decoding; {name}: one "
             "forward pass), without data loading or metrics.",
             "- Peak memory: `VmHWM` of the process, reset (`/proc/self/clear_refs`) before each evaluation; it "
             "includes what the process already held (Python, PyTorch, the other model), shown as the value at the "
@@ -476,16 +512,17 @@ class ModelComparison:
             "",
             "## Pictures",
             "",
-            "Test slices with the ground truth and both predictions over the image:",
+            "Test images with the ground truth and both predictions over the image"
+            + (" (middle coronal slice of each volume):" if unit == "volume" else ":"),
             "",
             f"![overlays]({r['pictures']['overlays']})",
             "",
             "MetaSeg's mean foreground Dice and reconstruction PSNR against the number of test-time fit steps "
-            "(same images, same seed), with the U-Net's Dice as a dashed line:",
+            f"({r['fit_steps_sweep_images']} test images, same seed), with the {name}'s Dice as a dashed line:",
             "",
             f"![fit steps]({r['pictures']['fit_steps']})",
             "",
-            "| fit steps | mean foreground Dice | PSNR (dB) | seconds per slice |",
+            f"| fit steps | mean foreground Dice | PSNR (dB) | seconds per {unit} |",
             "|---|---|---|---|",
         ]
         for row in r["fit_steps_sweep"]:
@@ -512,15 +549,17 @@ class ModelComparison:
         return "\n".join(lines)
 
     @staticmethod
-    def _summary_line(ms: dict, un: dict) -> str:
+    def _summary_line(ms: dict, un: dict, name: str) -> str:
         a, b = ms["metrics"]["mean_dice"], un["metrics"]["mean_dice"]
         n_ms, n_un = ms.get("num_parameters"), un.get("num_parameters")
         text = (
-            f"Mean foreground Dice: MetaSeg {a:.3f}, U-Net {b:.3f} (MetaSeg {a - b:+.3f}); with background: "
+            f"Mean foreground Dice: MetaSeg {a:.3f}, {name} {b:.3f} (MetaSeg {a - b:+.3f}); with background: "
             f"{ms['metrics']['mean_dice_with_background']:.3f} vs {un['metrics']['mean_dice_with_background']:.3f}."
         )
         if n_ms and n_un:
-            text += f" MetaSeg has {n_ms:,} parameters, {100 * (1 - n_ms / n_un):.1f}% fewer than the U-Net's {n_un:,}."
+            text += (
+                f" MetaSeg has {n_ms:,} parameters, {100 * (1 - n_ms / n_un):.1f}% fewer than the {name}'s {n_un:,}."
+            )
         return text
 
     @staticmethod

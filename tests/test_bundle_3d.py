@@ -8,7 +8,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import data_args, run_bundle, save_tiny_metaseg
+from conftest import TINY_NET, data_args, run_bundle, save_tiny_metaseg
+from PIL import Image
 
 TRAIN_3D = "['configs/train.json','configs/train_3d.json']"
 INFER_3D = "['configs/inference.json','configs/inference_3d.json']"
@@ -166,28 +167,68 @@ EVAL_SEGRESNET = str(
 )
 
 
-def test_segresnet_baseline_trains_and_evaluates_on_the_same_volumes(tiny_volumes, tmp_path):
+SEGRESNET_TINY = ["--image_size", "[16,16,20]", "--network_def#init_filters", "8"]
+
+
+@pytest.fixture(scope="module")
+def segresnet_trained(tiny_volumes, tmp_path_factory) -> tuple[Path, list[str]]:
+    """One epoch of the SegResNet baseline on the tiny volumes -> ``<work>/models/segresnet.pt``."""
     root, splits = tiny_volumes
-    args = ["--dataset_dir", str(root), "--splits_file", str(splits), "--ckpt_dir", str(tmp_path / "models")]
-    args += ["--image_size", "[16,16,20]", "--network_def#init_filters", "8"]
+    work = tmp_path_factory.mktemp("segresnet")
+    args = ["--dataset_dir", str(root), "--splits_file", str(splits), "--ckpt_dir", str(work / "models")]
+    args += SEGRESNET_TINY
     run_bundle(
         "run",
         "training",
         "--config_file",
         SEGRESNET,
         "--output_dir",
-        str(tmp_path / "train"),
+        str(work / "train"),
         *args,
         "--train#trainer#max_epochs",
         "1",
         "--val_interval",
         "1",
     )
-    assert (tmp_path / "models" / "segresnet.pt").is_file()
-    out = tmp_path / "eval"
+    return work, args
+
+
+def test_segresnet_baseline_trains_and_evaluates_on_the_same_volumes(segresnet_trained):
+    work, args = segresnet_trained
+    assert (work / "models" / "segresnet.pt").is_file()
+    out = work / "eval"
     run_bundle("run", "evaluating", "--config_file", EVAL_SEGRESNET, "--output_dir", str(out), *args)
     summary = json.loads((out / "metrics_summary.json").read_text())
     assert summary["num_images"] == 2 and 0.0 <= summary["metrics"]["mean_dice"] <= 1.0
+
+
+def test_3d_compare_reports_metaseg_against_segresnet(trained_3d, segresnet_trained, tiny_volumes, tmp_path):
+    """``run compare`` with ``compare_3d.json``: both tiny 3D models on the same volumes, report and pictures."""
+    root, splits = tiny_volumes
+    tiny = {k.lstrip("-"): int(v) for k, v in zip(TINY_NET[::2], TINY_NET[1::2])}
+    (tmp_path / "metaseg.json").write_text(json.dumps({**tiny, "image_size": [16, 16, 20], "fit_points": 256}))
+    (tmp_path / "segresnet.json").write_text(json.dumps({"image_size": [16, 16, 20], "network_def#init_filters": 8}))
+    metaseg_files = [*json.loads(EVAL_3D.replace("'", '"')), str(tmp_path / "metaseg.json")]
+    baseline_files = [*json.loads(EVAL_SEGRESNET.replace("'", '"')), str(tmp_path / "segresnet.json")]
+    report, out = tmp_path / "report", tmp_path / "out"
+    run_bundle(
+        "run", "compare", "--config_file", "['configs/compare.json','configs/compare_3d.json']",
+        "--dataset_dir", str(root), "--splits_file", str(splits), "--metaseg_ckpt_dir", str(trained_3d[0] / "models"),
+        "--baseline_ckpt_dir", str(segresnet_trained[0] / "models"), "--metaseg_config_files", str(metaseg_files),
+        "--baseline_config_files", str(baseline_files), "--report_dir", str(report), "--output_dir", str(out),
+        "--fit_steps_list", "[1, 2]", "--sweep_images", "1", "--num_overlay_images", "2", "--num_pca_images", "1",
+    )  # fmt: skip
+    result = json.loads((out / "comparison.json").read_text())
+    assert result["baseline_name"] == "SegResNet" and result["image_shape"] == [16, 16, 20]
+    assert result["fit_steps_sweep_images"] == 1 and [r["fit_steps"] for r in result["fit_steps_sweep"]] == [1, 2]
+    assert result["num_images"] == 2 and 0.0 <= result["baseline"]["metrics"]["mean_dice"] <= 1.0
+    text = (report / "results_3d.md").read_text()
+    assert text.startswith("# MetaSeg vs SegResNet: results") and "configs/compare_3d.json" in text
+    assert "16x16x20 input grid" in text and "seconds per volume" in text and "segresnet_train_time.json" in text
+    for name in ("results_3d_overlays.png", "results_3d_fit_steps.png", "results_3d_pca.png"):
+        assert f"]({name})" in text
+        with Image.open(report / name) as png:
+            assert png.format == "PNG" and png.height > 16
 
 
 def test_subject_folder_names_stand_for_the_aligned_volumes_in_3d(tiny_volumes):

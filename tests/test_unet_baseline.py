@@ -93,9 +93,9 @@ def compared(unet_trained, tiny_dataset, tmp_path_factory) -> tuple[Path, Path, 
     report, out = tmp / "report", tmp / "out"
     proc = run_bundle(
         *COMPARE, "--dataset_dir", str(dataset_dir), "--splits_file", str(splits),
-        "--metaseg_ckpt_dir", str(tmp / "models"), "--unet_ckpt_dir", str(work / "models"),
+        "--metaseg_ckpt_dir", str(tmp / "models"), "--baseline_ckpt_dir", str(work / "models"),
         "--metaseg_config_files", f"['configs/inference.json','configs/evaluate.json','{tmp / 'tiny_metaseg.json'}']",
-        "--unet_config_files", f"['configs/train_unet.json','configs/evaluate_unet.json','{tmp / 'tiny_unet.json'}']",
+        "--baseline_config_files", f"['configs/train_unet.json','configs/evaluate_unet.json','{tmp / 'tiny_unet.json'}']",
         "--report_dir", str(report), "--output_dir", str(out), "--fit_steps_list", "[1, 2]",
         "--num_overlay_images", "2", "--num_pca_images", "1", "--metaseg_train_seconds", "1812",
     )  # fmt: skip
@@ -108,7 +108,7 @@ def test_compare_writes_the_report_and_its_pictures(compared, unet_trained):
     result = json.loads((out / "comparison.json").read_text())
     n_metaseg = sum(p.numel() for p in tiny_metaseg().parameters())
     n_unet = sum(p.numel() for p in BasicUNet(2, 1, 5, features=TINY_FEATURES).parameters())
-    assert result["metaseg"]["num_parameters"] == n_metaseg and result["unet"]["num_parameters"] == n_unet
+    assert result["metaseg"]["num_parameters"] == n_metaseg and result["baseline"]["num_parameters"] == n_unet
     assert f"| parameters | {n_metaseg:,} | {n_unet:,} |" in text
     assert f"{n_metaseg / n_unet:.4f} ({100 * (1 - n_metaseg / n_unet):.1f}% fewer)" in text
     for name in ("cortex", "subcortical_gm", "white_matter", "csf"):
@@ -118,8 +118,8 @@ def test_compare_writes_the_report_and_its_pictures(compared, unet_trained):
     # training times: MetaSeg given in the config, U-Net read from the JSON its training run wrote
     assert "| training wall time | 30 min 12 s |" in text
     unet_time = json.loads((unet_trained[0] / "models" / "unet_train_time.json").read_text())["total_seconds"]
-    assert result["unet"]["train_seconds"] == pytest.approx(unet_time) and "unet_train_time.json" in text
-    for key in ("metaseg", "unet"):
+    assert result["baseline"]["train_seconds"] == pytest.approx(unet_time) and "unet_train_time.json" in text
+    for key in ("metaseg", "baseline"):
         assert result[key]["seconds_per_image"] > 0 and result[key]["file_bytes"] > 0
         assert result[key]["memory"]["peak_rss_mib"] >= result[key]["memory"]["start_rss_mib"] > 0
     assert [r["fit_steps"] for r in result["fit_steps_sweep"]] == [1, 2]
@@ -130,14 +130,14 @@ def test_compare_writes_the_report_and_its_pictures(compared, unet_trained):
         assert f"]({name})" in text
         with Image.open(report / name) as png:
             assert png.format == "PNG" and png.width > 300 and png.height > 200
-    assert (out / "metaseg" / "metrics_summary.json").is_file() and (out / "unet" / "metrics_summary.json").is_file()
+    assert (out / "metaseg" / "metrics_summary.json").is_file() and (out / "baseline" / "metrics_summary.json").is_file()
 
 
 def test_compare_without_unet_weights_names_the_file_and_the_command(tiny_dataset, tmp_path):
     dataset_dir, splits = tiny_dataset
     proc = run_bundle(
         *COMPARE, "--dataset_dir", str(dataset_dir), "--splits_file", str(splits),
-        "--unet_ckpt_dir", str(tmp_path / "none"), "--report_dir", str(tmp_path / "report"),
+        "--baseline_ckpt_dir", str(tmp_path / "none"), "--report_dir", str(tmp_path / "report"),
         "--output_dir", str(tmp_path / "out"), check=False,
     )  # fmt: skip
     assert proc.returncode != 0
