@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -57,6 +59,10 @@ class MetaSegInferer(Inferer):
         head_bf16: run the head's matrix products in bfloat16 (``torch.autocast``) when decoding; the fit and the
             trunk stay in float32 (sine layers need it). The head is most of the decoding cost with neighbourhood
             context, and its argmax is insensitive to bfloat16 rounding (measured: docs/benchmarks.md).
+        fit_bf16: on a CPU, let oneDNN round the fit's float32 matrix-product inputs to bfloat16 (accumulating and
+            returning float32; ``torch.backends.mkldnn`` ``fp32_precision="bf16"``, set for the fit only). Pays on CPUs
+            with bfloat16 units (AMX, AVX512-BF16). The setting is process-wide while the fit runs, so other threads'
+            CPU matmuls in that time are rounded too.
         output_scale: ``__call__`` decodes on a grid this many times finer than the input in every spatial dim
             (positive integer; see :mod:`scripts.resolution`), with the fine affine when the input is a
             ``MetaTensor``. :meth:`fit_decode` (evaluation against labels) always decodes on the input's grid.
@@ -71,6 +77,7 @@ class MetaSegInferer(Inferer):
         seed: int = 0,
         decode_chunk: int | None = 65536,
         head_bf16: bool = True,
+        fit_bf16: bool = False,
         output_scale: int = 1,
     ) -> None:
         super().__init__()
@@ -85,6 +92,7 @@ class MetaSegInferer(Inferer):
         self.seed = int(seed)
         self.decode_chunk = decode_chunk
         self.head_bf16 = bool(head_bf16)
+        self.fit_bf16 = bool(fit_bf16)
         self.output_scale = check_scale(output_scale)
 
     @staticmethod
@@ -124,9 +132,24 @@ class MetaSegInferer(Inferer):
             lr = net.fit_lr(self.fit_lr)
             if isinstance(lr, dict):
                 lr = {k: v.detach() for k, v in lr.items()}
-            params = adam_fit(reconstruction_loss, params, trunk, self.fit_steps, lr, self.betas)
+            with self._fit_precision(target.device):
+                params = adam_fit(reconstruction_loss, params, trunk, self.fit_steps, lr, self.betas)
         params = {k: v.detach() for k, v in params.items()}
         return FitResult(params=params, coords=coords, spatial_shape=spatial_shape)
+
+    @contextlib.contextmanager
+    def _fit_precision(self, device: torch.device) -> Iterator[None]:
+        """oneDNN's bfloat16 rounding of float32 matmuls during the fit (``fit_bf16`` on a CPU), else nothing."""
+        if not (self.fit_bf16 and device.type == "cpu" and torch.backends.mkldnn.is_available()):
+            yield
+            return
+        matmul = torch.backends.mkldnn.matmul
+        previous = matmul.fp32_precision
+        matmul.fp32_precision = "bf16"
+        try:
+            yield
+        finally:
+            matmul.fp32_precision = previous
 
     def decode(self, fit: FitResult, network: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
         """Class logits ``[B, C, *spatial]`` and reconstruction ``[B, 1, *spatial]`` of a fitted batch."""

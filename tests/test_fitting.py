@@ -261,3 +261,37 @@ def test_head_bf16_changes_only_the_head_rounding():
     assert logits16.dtype == torch.float32 and not torch.equal(logits16, logits32)
     torch.testing.assert_close(logits16, logits32, rtol=0.05, atol=0.02)
     torch.testing.assert_close(recon16, recon32, rtol=0, atol=0)
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="oneDNN (mkldnn) is not available")
+def test_fit_bf16_rounds_the_fit_matmuls_only_while_fitting():
+    """``fit_bf16``: oneDNN's bfloat16 matmul rounding for the fit only; the caller's setting is restored after."""
+    torch.manual_seed(0)
+    net = _tiny_net()
+    image = torch.rand(1, 1, 24, 20)
+    matmul = torch.backends.mkldnn.matmul
+    assert matmul.fp32_precision == "none"
+    seen = []
+    original = net.trunk_features
+
+    def spy(*args, **kwargs):
+        seen.append(matmul.fp32_precision)
+        return original(*args, **kwargs)
+
+    net.trunk_features = spy
+    fit16 = MetaSegInferer(fit_steps=3, fit_lr=1e-3, fit_bf16=True).fit(image, net)
+    assert seen and set(seen) == {"bf16"} and matmul.fp32_precision == "none"
+    seen.clear()
+    fit32 = MetaSegInferer(fit_steps=3, fit_lr=1e-3, fit_bf16=False).fit(image, net)
+    assert set(seen) == {"none"}
+    for name, value in fit32.params.items():
+        torch.testing.assert_close(fit16.params[name], value, rtol=0, atol=1e-2)
+
+    # restored when the fit fails half-way too
+    def failing(*args, **kwargs):
+        raise RuntimeError("interrupted")
+
+    net.trunk_features = failing
+    with pytest.raises(RuntimeError, match="interrupted"):
+        MetaSegInferer(fit_steps=3, fit_bf16=True).fit(image, net)
+    assert matmul.fp32_precision == "none"
