@@ -10,6 +10,7 @@ numbers are those of ``run evaluating`` (``metrics_summary.json``). Every MetaSe
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -218,14 +219,8 @@ class ModelComparison:
         rows = []
         num_classes = int(getattr(network, "num_classes", 5))
         for steps in self.fit_steps_list:
-            sweep_inferer = MetaSegInferer(
-                fit_steps=steps,
-                fit_lr=inferer.fit_lr,
-                betas=inferer.betas,
-                fit_points=inferer.fit_points,
-                seed=inferer.seed,
-                decode_chunk=inferer.decode_chunk,
-            )
+            sweep_inferer = copy.copy(inferer)  # the evaluation's settings, but for the number of steps
+            sweep_inferer.fit_steps = steps
             dice = DiceMetric(include_background=False)
             psnr = PSNRMetric(max_val=1.0)
             seconds = 0.0

@@ -70,14 +70,14 @@ class MetaSegInferer(Inferer):
 
     def __init__(
         self,
-        fit_steps: int = 20,
+        fit_steps: int = 40,
         fit_lr: float = 1e-4,
         betas: tuple[float, float] = (0.9, 0.999),
-        fit_points: int | None = 8192,
+        fit_points: int | None = 4096,
         seed: int = 0,
         decode_chunk: int | None = 65536,
         head_bf16: bool = True,
-        fit_bf16: bool = False,
+        fit_bf16: bool = True,
         output_scale: int = 1,
     ) -> None:
         super().__init__()

@@ -8,7 +8,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import TINY_NET, data_args, run_bundle, save_tiny_metaseg
+from conftest import REPO_ROOT, TINY_NET, data_args, run_bundle, save_tiny_metaseg
 from PIL import Image
 
 TRAIN_3D = "['configs/train.json','configs/train_3d.json']"
@@ -92,6 +92,18 @@ def test_3d_training_writes_a_3d_model(trained_3d):
     work, _ = trained_3d
     state = torch.load(work / "models" / "model.pt", weights_only=True)
     assert state["trunk.0.weight"].shape == (16, 3)  # spatial_dims=3: three input coordinates
+
+
+def test_shipped_3d_weights_load_into_the_3d_config_network():
+    import torch
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([str(REPO_ROOT / "configs" / f) for f in ("inference.json", "inference_3d.json")])
+    net = parser.get_parsed_content("network_def")
+    state = torch.load(REPO_ROOT / "models" / "3d" / "model.pt", weights_only=True)
+    net.load_state_dict(state)  # strict: every tensor present, every shape equal
+    assert net.spatial_dims == 3 and state["trunk.0.weight"].shape == (128, 3)
 
 
 def test_3d_inference_keeps_input_shape_and_affine(trained_3d, tiny_volumes):
