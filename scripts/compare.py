@@ -471,10 +471,10 @@ class ModelComparison:
             "|---|---|---|",
             f"| mean foreground Dice | **{ms['metrics']['mean_dice']:.3f}** | **{un['metrics']['mean_dice']:.3f}** |",
         ]
-        for name in ms.get("dice_per_class", {}):
-            a = ms["dice_per_class"].get(name)
-            b = un.get("dice_per_class", {}).get(name)
-            lines.append(f"| Dice {name} | {a:.3f} | {b:.3f} |" if b is not None else f"| Dice {name} | {a:.3f} | - |")
+        for cls in ms.get("dice_per_class", {}):
+            a = ms["dice_per_class"].get(cls)
+            b = un.get("dice_per_class", {}).get(cls)
+            lines.append(f"| Dice {cls} | {a:.3f} | {b:.3f} |" if b is not None else f"| Dice {cls} | {a:.3f} | - |")
         lines.append(
             f"| mean Dice including background | {ms['metrics']['mean_dice_with_background']:.3f} | "
             f"{un['metrics']['mean_dice_with_background']:.3f} |"

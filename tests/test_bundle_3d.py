@@ -236,6 +236,7 @@ def test_3d_compare_reports_metaseg_against_segresnet(trained_3d, segresnet_trai
     assert result["num_images"] == 2 and 0.0 <= result["baseline"]["metrics"]["mean_dice"] <= 1.0
     text = (report / "results_3d.md").read_text()
     assert text.startswith("# MetaSeg vs SegResNet: results") and "configs/compare_3d.json" in text
+    assert text.count("| | MetaSeg | SegResNet |") == 2 and "parameter ratio MetaSeg / SegResNet" in text
     assert "16x16x20 input grid" in text and "seconds per volume" in text and "segresnet_train_time.json" in text
     for name in ("results_3d_overlays.png", "results_3d_fit_steps.png", "results_3d_pca.png"):
         assert f"]({name})" in text
