@@ -119,7 +119,7 @@ def test_ckpt_export_gives_torchscript_equal_to_eager(tmp_path):
         assert not torch.allclose(scripted(coords), config_metaseg()(coords))  # weights came from model.pt
 
 
-@pytest.mark.parametrize("path", ["models/model.pt", "models/unet.pt", "models/3d/model.pt"])
+@pytest.mark.parametrize("path", ["models/model.pt", "models/unet.pt", "models/3d/model.pt", "models/3d/segresnet.pt"])
 def test_large_files_hash_matches_the_shipped_weights(path):
     text = (REPO_ROOT / "large_files.yml").read_text()
     entry = re.search(rf'path:\s*"{path}".*?hash_val:\s*"([0-9a-f]+)".*?hash_type:\s*"(\w+)"', text, re.S)
