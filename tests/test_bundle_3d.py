@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 from pathlib import Path
 
@@ -220,8 +221,8 @@ def test_3d_compare_reports_metaseg_against_segresnet(trained_3d, segresnet_trai
     tiny = {k.lstrip("-"): int(v) for k, v in zip(TINY_NET[::2], TINY_NET[1::2])}
     (tmp_path / "metaseg.json").write_text(json.dumps({**tiny, "image_size": [16, 16, 20], "fit_points": 256}))
     (tmp_path / "segresnet.json").write_text(json.dumps({"image_size": [16, 16, 20], "network_def#init_filters": 8}))
-    metaseg_files = [*json.loads(EVAL_3D.replace("'", '"')), str(tmp_path / "metaseg.json")]
-    baseline_files = [*json.loads(EVAL_SEGRESNET.replace("'", '"')), str(tmp_path / "segresnet.json")]
+    metaseg_files = [*ast.literal_eval(EVAL_3D), str(tmp_path / "metaseg.json")]
+    baseline_files = [*ast.literal_eval(EVAL_SEGRESNET), str(tmp_path / "segresnet.json")]
     report, out = tmp_path / "report", tmp_path / "out"
     run_bundle(
         "run", "compare", "--config_file", "['configs/compare.json','configs/compare_3d.json']",
