@@ -22,8 +22,10 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from ignite.engine import Events
@@ -33,13 +35,15 @@ from monai.metrics import DiceMetric, PSNRMetric
 from monai.networks.utils import one_hot
 from torch.nn import functional as F
 
-from scripts.compare import read_peak_memory
-from scripts.fitting import adam_fit, coordinate_grid, flatten_image
-from scripts.inferer import MetaSegInferer
-from scripts.network import TRUNK_PREFIXES, MetaSegINR
-from scripts.trainer import MetaSegTrainer
-
 REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))  # `python benchmarks/<name>.py` from anywhere: the bundle's scripts
+# isort: split
+
+from scripts.compare import read_peak_memory  # noqa: E402
+from scripts.fitting import adam_fit, coordinate_grid, flatten_image  # noqa: E402
+from scripts.inferer import MetaSegInferer  # noqa: E402
+from scripts.network import TRUNK_PREFIXES, MetaSegINR  # noqa: E402
+from scripts.trainer import MetaSegTrainer  # noqa: E402
 
 
 def matmul_peak_gflops(n: int = 2048, repeats: int = 10) -> float:
@@ -105,7 +109,7 @@ def scores(logits: torch.Tensor, recon: torch.Tensor, images: torch.Tensor, labe
     return {"mean_dice": float(dice.mean()), "psnr": float(psnr.mean())}
 
 
-def timed(fn, *args) -> tuple[float, float, object]:
+def timed(fn, *args) -> tuple[float, float, Any]:
     """(seconds, peak RSS MiB, result) of ``fn(*args)``."""
     memory: dict = {}
     with read_peak_memory(memory):
@@ -116,36 +120,48 @@ def timed(fn, *args) -> tuple[float, float, object]:
 
 
 def bench_fit(net, images, labels, inferer: MetaSegInferer, ref_steps: int, peak: float) -> list[dict]:
-    """The three fit-then-decode rows of the table."""
+    """The three fit-then-decode rows of the table.
+
+    The reference and the product take turns image by image, so that both see the same machine: this CPU's speed
+    drifts by tens of percent over minutes, and a ratio of two blocks run minutes apart would carry that drift.
+    """
     n, num_pixels = images.shape[0], images[0, 0].numel()
     trunk_flops, head_flops = matmul_flops_per_point(net)
-    decode_flops = n * num_pixels * (trunk_flops + head_flops)
-    rows = []
-
-    def reference():
-        outs = [reference_fit_decode(net, images[i : i + 1], ref_steps, inferer.fit_lr) for i in range(n)]
-        return torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs])
-
-    def product():
-        outs = [inferer.fit_decode(images[i : i + 1], net) for i in range(n)]
-        return torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs])
-
     fit_points = min(inferer.fit_points or num_pixels, num_pixels)
-    for name, fn, steps, points in [
-        (f"reference ({ref_steps} steps, all pixels, per-image Adam)", reference, ref_steps, num_pixels),
-        (f"product ({inferer.fit_steps} steps, {fit_points} points)", product, inferer.fit_steps, fit_points),
-        (f"product batched (B={n})", lambda: inferer.fit_decode(images, net), inferer.fit_steps, fit_points),
-    ]:
-        seconds, rss, (logits, recon) = timed(fn)
-        # forward + backward of a fit step ~ 3x the forward's matrix products
-        flops = n * steps * points * 3 * trunk_flops + decode_flops
+    methods = {
+        f"reference ({ref_steps} steps, all pixels, per-image Adam)": (
+            lambda image: reference_fit_decode(net, image, ref_steps, inferer.fit_lr),
+            ref_steps,
+            num_pixels,
+        ),
+        f"product ({inferer.fit_steps} steps, {fit_points} points)": (
+            lambda image: inferer.fit_decode(image, net),
+            inferer.fit_steps,
+            fit_points,
+        ),
+    }
+    inferer.fit_decode(images[:1], net)  # warm-up: oneDNN builds its bf16 kernels on first use
+    runs: dict[str, list] = {name: [] for name in methods}
+    for i in range(n):
+        for name, (fn, _, _) in methods.items():
+            runs[name].append(timed(fn, images[i : i + 1]))
+    batched = f"product batched (B={n})"
+    methods[batched] = (None, inferer.fit_steps, fit_points)
+    runs[batched] = [timed(inferer.fit_decode, images, net)]
+
+    rows = []
+    for name, (_, steps, points) in methods.items():
+        seconds = sum(r[0] for r in runs[name])
+        logits, recon = (torch.cat([r[2][j] for r in runs[name]]) for j in (0, 1))
+        # forward + backward of a fit step ~ 3x the forward's matrix products; decoding: trunk + head per pixel
+        flops = n * (steps * points * 3 * trunk_flops + num_pixels * (trunk_flops + head_flops))
         rows.append(
             {
                 "method": name,
                 "s_per_slice": seconds / n,
                 "slices_per_s": n / seconds,
                 **scores(logits, recon, images, labels),
-                "peak_rss_mib": rss,
+                "peak_rss_mib": max(r[1] for r in runs[name]),
                 "gflops": flops / seconds / 1e9,
                 "fraction_of_matmul_peak": flops / seconds / 1e9 / peak,
             }

@@ -15,6 +15,7 @@ A variant is ``name=context_radius,context_step,head_channels,head_layers`` (``M
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -24,11 +25,13 @@ from monai.losses import DiceFocalLoss
 from monai.metrics import DiceMetric
 from monai.networks.utils import one_hot
 
-from scripts.fitting import gather_neighbours, grid_neighbour_index
-from scripts.inferer import MetaSegInferer
-from scripts.network import TRUNK_PREFIXES, MetaSegINR
-
 REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))  # `python benchmarks/<name>.py` from anywhere: the bundle's scripts
+# isort: split
+
+from scripts.fitting import gather_neighbours, grid_neighbour_index  # noqa: E402
+from scripts.inferer import MetaSegInferer  # noqa: E402
+from scripts.network import TRUNK_PREFIXES, MetaSegINR  # noqa: E402
 
 
 def load_split(parser: ConfigParser, split: str, limit: int | None) -> tuple[torch.Tensor, torch.Tensor]:

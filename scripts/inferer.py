@@ -70,7 +70,7 @@ class MetaSegInferer(Inferer):
 
     def __init__(
         self,
-        fit_steps: int = 40,
+        fit_steps: int = 55,
         fit_lr: float = 1e-4,
         betas: tuple[float, float] = (0.9, 0.999),
         fit_points: int | None = 4096,
@@ -113,9 +113,22 @@ class MetaSegInferer(Inferer):
             )
         if inputs.shape[1] != net.out_channels:
             raise ValueError(f"expected {net.out_channels} image channel(s), got {inputs.shape[1]}.")
-        spatial_shape = tuple(int(s) for s in inputs.shape[2:])
         target = flatten_image(convert_to_tensor(inputs, track_meta=False).float())
         coords = batch_coordinate_grid(inputs)
+        if target.shape[0] > 1 and target.device.type == "cpu":
+            # a CPU fits a batch fastest one image after another: plain matmuls, no per-step concatenation (measured:
+            # docs/benchmarks.md). Every image's pixel subsets come from the same seed, as in a batched fit.
+            fits = [self._fit_points(coords[i : i + 1], target[i : i + 1], net) for i in range(target.shape[0])]
+            params = {k: torch.cat([f[k] for f in fits]) for k in fits[0]}
+        else:
+            params = self._fit_points(coords, target, net)
+        return FitResult(params=params, coords=coords, spatial_shape=tuple(int(s) for s in inputs.shape[2:]))
+
+    def _fit_points(self, coords: torch.Tensor, target: torch.Tensor, net: MetaSegINR) -> dict[str, torch.Tensor]:
+        """Per-image parameters (leading dim B) fitted to the intensities ``target`` ``[B, N, C]`` at ``coords``.
+
+        The batch is fitted at once: one loss over all images, per-image weights (batched matmuls off the CPU).
+        """
         with torch.enable_grad():
             params = batch_params(net.param_dict(), target.shape[0], detach=True)
             trunk = [k for k in params if k.startswith(TRUNK_PREFIXES)]
@@ -134,8 +147,7 @@ class MetaSegInferer(Inferer):
                 lr = {k: v.detach() for k, v in lr.items()}
             with self._fit_precision(target.device):
                 params = adam_fit(reconstruction_loss, params, trunk, self.fit_steps, lr, self.betas)
-        params = {k: v.detach() for k, v in params.items()}
-        return FitResult(params=params, coords=coords, spatial_shape=spatial_shape)
+        return {k: v.detach() for k, v in params.items()}
 
     @contextlib.contextmanager
     def _fit_precision(self, device: torch.device) -> Iterator[None]:
@@ -172,6 +184,10 @@ class MetaSegInferer(Inferer):
             intensity.append(out[0])
             features.append(out[1])
         features = torch.cat(features, dim=1)  # [B, N, hidden]
+        if (
+            self.head_bf16
+        ):  # the head's autocast would round the gathered copy to bf16: round first, gather half the bytes
+            features = features.to(torch.bfloat16)
         index = grid_neighbour_index(fit.spatial_shape, net.context_pixels.to(features.device))  # [N, K]
         # a head-input chunk [B, n, K * hidden] holds as many values as a chunk of `chunk` trunk features
         rows = max(1, chunk // (features.shape[0] * index.shape[1]))

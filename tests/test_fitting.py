@@ -6,7 +6,14 @@ from ignite.engine import Events
 from monai.losses import FocalLoss
 from torch.nn import functional as F
 
-from scripts.fitting import adam_fit, batch_params, coordinate_grid, flatten_image, unflatten_points
+from scripts.fitting import (
+    adam_fit,
+    batch_coordinate_grid,
+    batch_params,
+    coordinate_grid,
+    flatten_image,
+    unflatten_points,
+)
 from scripts.inferer import MetaSegInferer
 from scripts.network import TRUNK_PREFIXES, MetaSegINR
 from scripts.trainer import MetaSegTrainer
@@ -97,13 +104,19 @@ def test_test_time_fit_lowers_mse_and_keeps_weights():
 
 @pytest.mark.parametrize("fit_points", [None, 20])
 def test_batched_fit_equals_single_fits(fit_points):
+    """A batch gives every image the fit it gets alone: image by image on a CPU (what ``fit`` does there), and
+    vectorized (one loss, per-image weights; what ``fit`` does on a GPU)."""
     net = _tiny_net()
     images = torch.rand(3, 1, 8, 8)
     inferer = MetaSegInferer(fit_steps=5, fit_lr=1e-2, fit_points=fit_points)
     batched, _ = inferer.fit_decode(images, net)
+    vectorized = inferer._fit_points(batch_coordinate_grid(images), flatten_image(images), net)
     for i in range(3):
         single, _ = inferer.fit_decode(images[i : i + 1], net)
         torch.testing.assert_close(batched[i : i + 1], single, rtol=1e-4, atol=1e-5)
+        fit = inferer.fit(images[i : i + 1], net)
+        for k, v in fit.params.items():
+            torch.testing.assert_close(vectorized[k][i : i + 1], v, rtol=1e-4, atol=1e-5)
 
 
 def test_subsampled_fit_is_reproducible_and_fits():
@@ -295,3 +308,26 @@ def test_fit_bf16_rounds_the_fit_matmuls_only_while_fitting():
     with pytest.raises(RuntimeError, match="interrupted"):
         MetaSegInferer(fit_steps=3, fit_bf16=True).fit(image, net)
     assert matmul.fp32_precision == "none"
+
+
+@pytest.mark.parametrize("per_tensor_lr", [False, True])
+def test_detached_adam_equals_differentiable_adam(per_tensor_lr):
+    """The test-time fit's multi-tensor Adam takes exactly the steps of the meta-training (graph) Adam, per-tensor
+    learning rates included, and leaves the caller's tensors untouched."""
+    torch.manual_seed(0)
+    x, y = torch.randn(50, 3, dtype=torch.float64), torch.randn(50, 1, dtype=torch.float64)
+    start = {k: torch.randn(*s, dtype=torch.float64) for k, s in {"a": (3, 4), "b": (4, 1), "c": (1,)}.items()}
+
+    def loss(p):
+        return ((torch.sin(x @ p["a"]) @ p["b"] + p["c"] - y) ** 2).mean()
+
+    lr = {"a": torch.tensor(1e-2, dtype=torch.float64), "b": torch.full((4, 1), 3e-3, dtype=torch.float64)}
+    lr = lr if per_tensor_lr else 1e-2
+    fresh = {k: v.clone().requires_grad_(True) for k, v in start.items()}
+    graph = adam_fit(loss, fresh, ["a", "b"], 7, lr, create_graph=True)
+    given = {k: v.clone().requires_grad_(True) for k, v in start.items()}
+    detached = adam_fit(loss, given, ["a", "b"], 7, lr)
+    for k in start:
+        torch.testing.assert_close(detached[k], graph[k].detach(), rtol=1e-12, atol=1e-12)
+        assert torch.equal(given[k].detach(), start[k]), k
+    assert not torch.equal(detached["a"], start["a"]) and detached["a"].requires_grad and detached["a"].is_leaf
