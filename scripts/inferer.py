@@ -118,16 +118,18 @@ class MetaSegInferer(Inferer):
         if target.shape[0] > 1 and target.device.type == "cpu":
             # a CPU fits a batch fastest one image after another: plain matmuls, no per-step concatenation (measured:
             # docs/benchmarks.md). Every image's pixel subsets come from the same seed, as in a batched fit.
-            fits = [self._fit_points(coords[i : i + 1], target[i : i + 1], net) for i in range(target.shape[0])]
+            fits = [self._fit_batch(coords[i : i + 1], target[i : i + 1], net) for i in range(target.shape[0])]
             params = {k: torch.cat([f[k] for f in fits]) for k in fits[0]}
         else:
-            params = self._fit_points(coords, target, net)
+            params = self._fit_batch(coords, target, net)
         return FitResult(params=params, coords=coords, spatial_shape=tuple(int(s) for s in inputs.shape[2:]))
 
-    def _fit_points(self, coords: torch.Tensor, target: torch.Tensor, net: MetaSegINR) -> dict[str, torch.Tensor]:
+    def _fit_batch(self, coords: torch.Tensor, target: torch.Tensor, net: MetaSegINR) -> dict[str, torch.Tensor]:
         """Per-image parameters (leading dim B) fitted to the intensities ``target`` ``[B, N, C]`` at ``coords``.
 
-        The batch is fitted at once: one loss over all images, per-image weights (batched matmuls off the CPU).
+        The batch is fitted at once: one loss over all images, per-image weights (batched matmuls on a GPU; on a CPU
+        :meth:`MetaSegINR.functional_forward` loops over the samples inside each step, which is why :meth:`fit` calls
+        this per image there).
         """
         with torch.enable_grad():
             params = batch_params(net.param_dict(), target.shape[0], detach=True)
@@ -184,9 +186,8 @@ class MetaSegInferer(Inferer):
             intensity.append(out[0])
             features.append(out[1])
         features = torch.cat(features, dim=1)  # [B, N, hidden]
-        if (
-            self.head_bf16
-        ):  # the head's autocast would round the gathered copy to bf16: round first, gather half the bytes
+        if self.head_bf16:
+            # the head's autocast would round the gathered copy to bf16: rounding first gathers half the bytes
             features = features.to(torch.bfloat16)
         index = grid_neighbour_index(fit.spatial_shape, net.context_pixels.to(features.device))  # [N, K]
         # a head-input chunk [B, n, K * hidden] holds as many values as a chunk of `chunk` trunk features

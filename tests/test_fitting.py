@@ -110,7 +110,7 @@ def test_batched_fit_equals_single_fits(fit_points):
     images = torch.rand(3, 1, 8, 8)
     inferer = MetaSegInferer(fit_steps=5, fit_lr=1e-2, fit_points=fit_points)
     batched, _ = inferer.fit_decode(images, net)
-    vectorized = inferer._fit_points(batch_coordinate_grid(images), flatten_image(images), net)
+    vectorized = inferer._fit_batch(batch_coordinate_grid(images), flatten_image(images), net)
     for i in range(3):
         single, _ = inferer.fit_decode(images[i : i + 1], net)
         torch.testing.assert_close(batched[i : i + 1], single, rtol=1e-4, atol=1e-5)
