@@ -94,21 +94,18 @@ def test_torchscript_matches_eager_on_coordinates():
 
 
 def test_inferer_defaults_are_the_configs_fit_settings():
-    """``network(image)`` (MetaSegInferer's defaults) fits images as ``run inference`` does; training's validation
-    and head features use the same fit, stopped earlier (fewer steps: cheaper, and the head gains from longer fits)."""
+    """``network(image)`` (MetaSegInferer's defaults), ``run inference`` and training (validation, the head's
+    features) fit images the same way."""
     import json
     from inspect import signature
 
     from scripts.inferer import MetaSegInferer
 
     defaults = signature(MetaSegInferer).parameters
-    inference = json.loads((REPO_ROOT / "configs/inference.json").read_text())
-    train = json.loads((REPO_ROOT / "configs/train.json").read_text())
-    for key in ("fit_steps", "fit_lr", "fit_points", "fit_bf16"):
-        assert inference[key] == defaults[key].default, key
-    for key in ("fit_lr", "fit_points", "fit_bf16"):
-        assert train[key] == inference[key], key
-    assert train["fit_steps"] <= inference["fit_steps"]
+    for config in ("configs/train.json", "configs/inference.json"):
+        cfg = json.loads((REPO_ROOT / config).read_text())
+        for key in ("fit_steps", "fit_lr", "fit_points", "fit_bf16"):
+            assert cfg[key] == defaults[key].default, (config, key)
 
 
 def test_image_forward_is_the_fit_then_decode_contract():
