@@ -115,7 +115,7 @@ def adam_fit(
     as long as ``loss_fn`` sums (or averages) per-sample losses. The denominator is ``sqrt(v_hat + eps^2)``, which
     equals Adam's ``sqrt(v_hat) + eps`` to within ``eps`` and keeps second derivatives finite where a gradient is 0.
     ``lr`` is one learning rate, or one per trainable name (tensors broadcasting against that parameter, which may be
-    learned: the result is differentiable w.r.t. them when ``create_graph=True``).
+    learned: the result is differentiable w.r.t. them when ``create_graph=True``; otherwise they are used detached).
     """
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}.")

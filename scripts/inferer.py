@@ -144,9 +144,7 @@ class MetaSegInferer(Inferer):
                 intensity, _, _ = net.functional_forward(gather_points(coords, index), p, with_logits=False)
                 return F.mse_loss(intensity, gather_points(target, index))
 
-            lr = net.fit_lr(self.fit_lr)
-            if isinstance(lr, dict):
-                lr = {k: v.detach() for k, v in lr.items()}
+            lr = net.fit_lr(self.fit_lr)  # learned factors are detached by adam_fit: no graph without create_graph
             with self._fit_precision(target.device):
                 params = adam_fit(reconstruction_loss, params, trunk, self.fit_steps, lr, self.betas)
         return {k: v.detach() for k, v in params.items()}
