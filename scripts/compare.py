@@ -124,6 +124,8 @@ class ModelComparison:
         baseline_command: the command that trains the baseline (named when its weights are missing).
         sweep_images: number of test images of the fit-steps sweep (``None``: all; 3D fits are costly).
         report_command: the command named in the report as the one that produced it.
+        extra_splits: further splits on which both models are evaluated once more (e.g. ``test_shifted``: subjects and
+            intensity conventions outside the training distribution), reported beside the main split.
     """
 
     def __init__(
@@ -153,6 +155,7 @@ class ModelComparison:
         baseline_command: str = "python -m monai.bundle run training --config_file configs/train_unet.json",
         sweep_images: int | None = None,
         report_command: str = "python -m monai.bundle run compare --config_file configs/compare.json",
+        extra_splits: Sequence[str] = (),
     ) -> None:
         self.bundle_root = bundle_root
         self.metaseg_config_files = list(metaseg_config_files)
@@ -183,6 +186,7 @@ class ModelComparison:
         self.baseline_command = baseline_command
         self.sweep_images = sweep_images
         self.report_command = report_command
+        self.extra_splits = list(extra_splits)
 
     # ---------------------------------------------------------------- evaluations
     def _evaluate(self, name: str, config_files: list[str], overrides: dict) -> tuple[ConfigWorkflow, dict]:
@@ -361,6 +365,18 @@ class ModelComparison:
 
         ms_wf, ms = self._evaluate("metaseg", self.metaseg_config_files, self.metaseg_overrides)
         un_wf, un = self._evaluate("baseline", self.baseline_config_files, self.baseline_overrides)
+        splits = {}
+        for split in self.extra_splits:
+            split_runs = {}
+            for name, files, extra in (
+                ("metaseg", self.metaseg_config_files, self.metaseg_overrides),
+                ("baseline", self.baseline_config_files, self.baseline_overrides),
+            ):
+                out_dir = os.path.join(self.output_dir, f"{name}_{split}")
+                split_runs[name] = self._evaluate(
+                    f"{name}_{split}", files, {**extra, "split": split, "output_dir": out_dir}
+                )
+            splits[split] = {name: summary for name, (_, summary) in split_runs.items()}
 
         device = ms_wf.parser.get_parsed_content("device")
         metaseg = ms_wf.parser.get_parsed_content("network")
@@ -404,6 +420,7 @@ class ModelComparison:
                 "train_seconds": un_train,
                 "train_seconds_source": un_train_src,
             },
+            "extra_splits": splits,
             "fit_steps_sweep": sweep,
             "fit_steps_sweep_images": len(sweep_items),
             "image_shape": list(items[0]["image"].shape[1:]) if items else [],
@@ -481,6 +498,7 @@ class ModelComparison:
         )
         if "psnr" in ms["metrics"]:
             lines.append(f"| PSNR of the fitted reconstruction | {ms['metrics']['psnr']:.1f} dB | - |")
+        lines += self._splits_table(r)
         ratio = f"{n_ms / n_un:.4f} ({100 * (1 - n_ms / n_un):.1f}% fewer)" if n_ms and n_un else "-"
         mem = [m["memory"] for m in (ms, un)]
         lines += [
@@ -542,6 +560,28 @@ class ModelComparison:
             "",
         ]
         return "\n".join(lines)
+
+    @staticmethod
+    def _splits_table(r: dict) -> list[str]:
+        """Mean foreground Dice on the main split and each extra split, with the change from the main split."""
+        if not r.get("extra_splits"):
+            return []
+        ms, un, name = r["metaseg"], r["baseline"], r["baseline_name"]
+        a, b = ms["metrics"]["mean_dice"], un["metrics"]["mean_dice"]
+        lines = [
+            "",
+            f"Mean foreground Dice on the split `{r['data']['split']}` and on splits outside the training distribution "
+            "(each evaluated once, by the same command):",
+            "",
+            f"| split | images | MetaSeg | change | {name} | change |",
+            "|---|---|---|---|---|---|",
+            f"| `{r['data']['split']}` | {r['num_images']} | {a:.3f} | | {b:.3f} | |",
+        ]
+        for split, res in r["extra_splits"].items():
+            sa, sb = res["metaseg"]["metrics"]["mean_dice"], res["baseline"]["metrics"]["mean_dice"]
+            n = res["metaseg"].get("num_images", "?")
+            lines.append(f"| `{split}` | {n} | {sa:.3f} | {sa - a:+.3f} | {sb:.3f} | {sb - b:+.3f} |")
+        return lines
 
     @staticmethod
     def _summary_line(ms: dict, un: dict, name: str) -> str:

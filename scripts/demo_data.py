@@ -31,7 +31,9 @@ __all__ = ["DEMO_SUBJECT_FMT", "GENERATOR_VERSION", "SEG4_LABELS", "prepare_demo
 
 DEMO_SUBJECT_FMT = "OASIS_OAS1_{:04d}_MR1"
 GENERATOR_NAME = "metaseg-demo-data"
-GENERATOR_VERSION = "1.1"  # 1.1: 3D labels corrected outside the 2D band (2D data unchanged)
+# 1.1: 3D labels corrected outside the 2D band; 2.0: neurite-oasis intensity convention (FreeSurfer norm/255), non-brain
+# rim, age-dependent atrophy, asymmetry, and a ``test_shifted`` split
+GENERATOR_VERSION = "2.0"
 MANIFEST_NAME = "demo_manifest.json"
 SPLITS_NAME = {2: "demo_splits.json", 3: "demo_splits_3d.json"}
 
@@ -237,53 +239,128 @@ def _eval_coarse(field: np.ndarray, pts: np.ndarray, spacing: float) -> np.ndarr
     return np.stack([ndimage.map_coordinates(f, idx, order=3, mode="nearest") for f in field])
 
 
-def _draw_params(seed: int, index: int) -> dict:
-    """Per-subject random parameters from a generator seeded by (seed, subject index)."""
+# template intensities (white matter = 1) of ventricular CSF, cortex and white matter: the knots of the contrast map
+_TEMPLATE_CSF, _TEMPLATE_GM, _TEMPLATE_WM = 0.41, 0.75, 0.96
+WM_NORM = 110.0 / 255.0  # FreeSurfer's mri_normalize puts white matter at 110; neurite-oasis divides by 255
+
+
+def _draw_params(seed: int, index: int, shifted: bool = False) -> dict:
+    """Per-subject random parameters from a generator seeded by (seed, subject index).
+
+    Ages follow OASIS-1 (18-96); atrophy grows with age (thinner cortex, wider sulci, larger ventricles). Intensities
+    follow neurite-oasis (white matter near 110/255, cortex ~0.6-0.7 of it, ventricles ~0.15-0.3 of it).
+    ``shifted`` subjects (the ``test_shifted`` split) lie outside that distribution on purpose: old brains with more
+    atrophy than any training subject, and a scanner-like intensity convention (integer values in the thousands, an
+    offset, weaker grey/white contrast, stronger bias field and noise).
+    """
     rng = np.random.default_rng([int(seed), int(index), 20240917])
-    return {
-        "y_jitter": rng.uniform(-3.0, 3.0),
+    age = rng.uniform(80.0, 96.0) if shifted else rng.uniform(18.0, 96.0)
+    atrophy = np.clip((age - 30.0) / 66.0, 0.0, 1.0) ** 1.5 * rng.uniform(0.6, 1.1) + (0.35 if shifted else 0.0)
+    params = {
+        "age": age,
+        "atrophy": atrophy,
+        "y_jitter": rng.uniform(-5.0, 5.0),
         "angles": np.deg2rad(rng.uniform(-6.0, 6.0, 3)),
-        "scale": rng.uniform(0.9, 1.1, 3),
+        "scale": rng.uniform(0.88, 1.12) * rng.uniform(0.95, 1.05, 3),
+        "asymmetry": rng.uniform(-0.05, 0.05),
         "shift": rng.uniform(-4.0, 4.0, 3),
         "def_amp": rng.uniform(1.0, 2.5),
         "def_field": _coarse_field(rng, 24.0, 3),
-        "vent": rng.uniform(-1.0, 3.5),
+        "vent": rng.uniform(-1.0, 0.5) + 4.0 * atrophy,
+        "thinning": 1.6 * atrophy,  # cortex lost to sulcal CSF, in voxels
+        "thinning_field": _coarse_field(rng, 16.0, 1),
+        "rim_width": rng.uniform(1.0, 4.0),
+        "rim_field": _coarse_field(rng, 8.0, 2),
         "bias_amp": rng.uniform(0.08, 0.15),
         "bias_field": _coarse_field(rng, 48.0, 1),
-        "gamma": rng.uniform(0.85, 1.2),
+        "csf_ratio": rng.uniform(0.15, 0.32),
+        "gm_ratio": rng.uniform(0.58, 0.72),
+        "sgm_boost": rng.uniform(1.03, 1.12),
+        "wm_level": WM_NORM * rng.uniform(0.97, 1.03),
+        "offset": 0.0,
+        "dtype": "float32",
         "noise": rng.uniform(0.01, 0.03),
         "noise_seed": int(rng.integers(2**31)),
     }
+    if shifted:
+        params.update(
+            vent=params["vent"] + 1.0,
+            csf_ratio=rng.uniform(0.3, 0.42),
+            gm_ratio=rng.uniform(0.74, 0.82),
+            bias_amp=rng.uniform(0.2, 0.3),
+            wm_level=rng.uniform(1500.0, 3000.0),
+            offset=rng.uniform(20.0, 120.0),
+            dtype="int16",
+            noise=rng.uniform(0.03, 0.05),
+        )
+    return params
 
 
-def _synthesise(params: dict, pts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Image (float32, [0, 1]) and seg4 labels (uint8) of one subject at reference points ``pts`` (3, N) in mm."""
+def _contrast(t1: np.ndarray, params: dict) -> np.ndarray:
+    """Template intensities (white matter = 1) mapped to the subject's tissue contrast (white matter = 1)."""
+    knots = [0.0, _TEMPLATE_CSF, _TEMPLATE_GM, _TEMPLATE_WM, 1.2]
+    values = [0.0, params["csf_ratio"], params["gm_ratio"], 1.0, 1.1]
+    return np.interp(t1, knots, values).astype(np.float32)
+
+
+def _distance_inside(mask: np.ndarray) -> np.ndarray:
+    """Distance (voxels) of each voxel of ``mask`` to the nearest voxel outside it (0 outside)."""
+    return ndimage.distance_transform_edt(mask).astype(np.float32)
+
+
+def _synthesise(params: dict, pts: np.ndarray, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Image and seg4 labels (uint8) of one subject at reference points ``pts`` (3, N) in mm, as arrays of ``shape``.
+
+    The image follows the subject's intensity convention (neurite-oasis: float32, white matter ~110/255).
+    """
     tpl = _template()
     centre = np.array([0.0, SLICE_Y_MM, 10.0])[:, None]
     mat = _rotation(params["angles"]) @ np.diag(params["scale"])
     q = mat @ (pts - centre) + centre + params["shift"][:, None]
+    q[0] *= 1.0 + params["asymmetry"] * np.tanh(pts[0] / 8.0)  # one hemisphere wider than the other
     disp = _eval_coarse(params["def_field"], pts, 24.0)
     q = q + disp * (params["def_amp"] / 0.6)  # spline-smoothed unit noise has std ~0.6
     vox = tpl["inv_affine"][:3, :3] @ q + tpl["inv_affine"][:3, 3:]
     if params["vent"] != 0:
         g = np.stack([ndimage.map_coordinates(c, vox, order=1, mode="constant") for c in tpl["vgrad"]])
         vox = vox + params["vent"] * g  # sample closer to (vent > 0) / further from the ventricles
-    img = ndimage.map_coordinates(tpl["t1"], vox, order=1, mode="constant", cval=0.0)
+    t1 = ndimage.map_coordinates(tpl["t1"], vox, order=1, mode="constant", cval=0.0).reshape(shape)
     # labels: linear interpolation of the one-hot maps (outside the template is background), then argmax
     prob = np.stack([ndimage.map_coordinates(c, vox, order=1, mode="constant") for c in tpl["onehot"]])
     prob[0] += prob.sum(0) < 0.5
-    seg = np.argmax(prob, axis=0).astype(np.uint8)
+    seg = np.argmax(prob, axis=0).astype(np.uint8).reshape(shape)
+    head = t1 > 1e-3
 
-    inside = img > 1e-3
-    bias = _eval_coarse(params["bias_field"], pts, 48.0)[0]
-    bias = params["bias_amp"] * np.tanh(bias)
-    img = np.clip(img, 0, None) ** params["gamma"] * np.exp(bias)
-    ref = float(np.percentile(img[inside], 99.5)) if inside.any() else 1.0
-    img = img / ref
-    noise = np.random.default_rng(params["noise_seed"]).standard_normal(img.shape)
-    img = np.where(inside, img + params["noise"] * noise, 0.0)
-    img = np.clip(img / max(float(np.percentile(img[inside], 99.9)), 1e-6) if inside.any() else img, 0.0, 1.0)
-    return img.astype(np.float32), seg
+    img = _contrast(t1, params)
+    sgm = prob[2].reshape(shape)
+    img *= 1.0 + (params["sgm_boost"] - 1.0) * sgm  # deep grey matter is brighter than cortex in T1
+    csf_level = params["csf_ratio"]
+
+    # atrophy: cortex next to the outside of the brain turns into sulcal CSF (label 0 in FreeSurfer's aseg)
+    if params["thinning"] > 0:
+        depth = _distance_inside(seg > 0)
+        vary = 1.0 + 0.5 * np.tanh(_eval_coarse(params["thinning_field"], pts, 16.0)[0].reshape(shape))
+        lost = (seg == 1) & (depth <= params["thinning"] * vary)
+        seg[lost] = 0
+        img[lost] = csf_level * (0.8 + 0.4 * sgm[lost])
+
+    # non-brain rim left by skull stripping: patchy tissue and fluid just outside the brain, labelled background
+    outside = ndimage.distance_transform_edt(~head).astype(np.float32)
+    rim_noise = _eval_coarse(params["rim_field"], pts, 8.0).reshape(2, *shape)
+    rim = (outside > 0) & (outside <= params["rim_width"] * (1.0 + 0.6 * np.tanh(rim_noise[0])))
+    rim &= rim_noise[1] > -0.3
+    img[rim] = np.clip(0.6 + 0.9 * rim_noise[1][rim], 0.1, 2.3)  # dura / vessels brighter than white matter
+    inside = head | rim
+
+    bias = params["bias_amp"] * np.tanh(_eval_coarse(params["bias_field"], pts, 48.0)[0].reshape(shape))
+    noise = np.random.default_rng(params["noise_seed"]).standard_normal(shape)
+    img = np.where(inside, img * np.exp(bias) + params["noise"] * noise, 0.0)
+    img = np.clip(img, 0.0, None) * params["wm_level"] + params["offset"]
+    if params["dtype"] == "int16":
+        img = np.round(np.clip(img, 0, 32767)).astype(np.int16)
+    else:
+        img = np.clip(img, 0.0, 1.0).astype(np.float32)  # neurite-oasis: norm/255 stays in [0, 1]
+    return img, seg
 
 
 def _reference_points(y_mm: float, spatial_dims: int) -> np.ndarray:
@@ -295,18 +372,20 @@ def _reference_points(y_mm: float, spatial_dims: int) -> np.ndarray:
     return np.stack([79.5 - i, y_mm + (k - SLICE_INDEX), 96.0 - j]).reshape(3, -1)
 
 
-def generate_subject(seed: int, index: int, spatial_dims: int = 2) -> tuple[np.ndarray, np.ndarray]:
+def generate_subject(
+    seed: int, index: int, spatial_dims: int = 2, shifted: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """Image and seg4 label array of demo subject ``index`` (1-based): (160, 192) for 2D, (160, 192, 224) for 3D.
 
+    ``shifted`` draws the subject from the out-of-distribution ``test_shifted`` population (see ``_draw_params``).
     Redraws (deterministically) in the rare case that a foreground class is missing from the slice.
     """
     if spatial_dims not in (2, 3):
         raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
     shape = SLICE_SHAPE if spatial_dims == 2 else VOLUME_SHAPE
     for attempt in range(10):
-        params = _draw_params(seed, index if attempt == 0 else index + 100003 * attempt)
-        img, seg = _synthesise(params, _reference_points(SLICE_Y_MM + params["y_jitter"], spatial_dims))
-        img, seg = img.reshape(shape), seg.reshape(shape)
+        params = _draw_params(seed, index if attempt == 0 else index + 100003 * attempt, shifted)
+        img, seg = _synthesise(params, _reference_points(SLICE_Y_MM + params["y_jitter"], spatial_dims), shape)
         if np.all(np.bincount(seg.ravel(), minlength=NUM_CLASSES)[1:] > 0):
             break
     return img, seg
@@ -319,11 +398,14 @@ def _save(path: Path, arr: np.ndarray, affine: np.ndarray) -> None:
     nib.save(img, str(path))
 
 
-def _manifest_params(num_train: int, num_val: int, num_test: int, seed: int, spatial_dims: int) -> dict:
+def _manifest_params(
+    num_train: int, num_val: int, num_test: int, num_test_shifted: int, seed: int, spatial_dims: int
+) -> dict:
     return {
         "num_train": num_train,
         "num_val": num_val,
         "num_test": num_test,
+        "num_test_shifted": num_test_shifted,
         "seed": seed,
         "spatial_dims": spatial_dims,
     }
@@ -381,19 +463,23 @@ def prepare_demo_data(
     seed: int = 0,
     spatial_dims: int = 2,
     overwrite: bool = False,
+    num_test_shifted: int | None = None,
 ) -> str:
     """Generate (or reuse, if already generated with the same parameters) the demo dataset.
 
     Returns the path of its splits JSON.
     Writes the neurite-oasis layout (``OASIS_OAS1_0001_MR1/slice_norm.nii.gz``, ``slice_seg4.nii.gz``, for 3D also
     ``aligned_norm.nii.gz`` / ``aligned_seg4.nii.gz``, plus ``subjects.txt``, ``seg4_labels.txt``) and a splits
-    JSON (``demo_splits.json`` / ``demo_splits_3d.json``) with ``img``/``seg4`` paths relative to ``dataset_dir``.
-    Generation happens in a temporary sibling directory that replaces ``dataset_dir`` only when complete; a
-    non-empty ``dataset_dir`` not created by this generator is refused with ``ValueError``.
+    JSON (``demo_splits.json`` / ``demo_splits_3d.json``) with ``img``/``seg4`` paths relative to ``dataset_dir``:
+    ``train``, ``val``, ``test`` and ``test_shifted`` (``num_test_shifted`` out-of-distribution subjects, as many as
+    ``num_test`` by default; see ``_draw_params``). Generation happens in a temporary sibling directory that replaces
+    ``dataset_dir`` only when complete; a non-empty ``dataset_dir`` not created by this generator is refused with
+    ``ValueError``.
     """
     if spatial_dims not in (2, 3):
         raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
-    counts = (int(num_train), int(num_val), int(num_test))
+    num_test_shifted = num_test if num_test_shifted is None else num_test_shifted
+    counts = (int(num_train), int(num_val), int(num_test), int(num_test_shifted))
     if min(counts) < 0 or sum(counts) < 1:
         raise ValueError(f"subject counts must be >= 0 with at least one subject, got {counts}")
     params = _manifest_params(*counts, int(seed), int(spatial_dims))
@@ -427,11 +513,13 @@ def prepare_demo_data(
 def _write_dataset(root: Path, params: dict) -> list[str]:
     """Write all subjects, text files and splits into ``root``; return the written paths relative to ``root``."""
     n_train, n_val, n_test = params["num_train"], params["num_val"], params["num_test"]
-    subjects = [DEMO_SUBJECT_FMT.format(i) for i in range(1, n_train + n_val + n_test + 1)]
+    n_shifted = params["num_test_shifted"]
+    n_regular = n_train + n_val + n_test
+    subjects = [DEMO_SUBJECT_FMT.format(i) for i in range(1, n_regular + n_shifted + 1)]
     files: list[str] = []
     for index, name in enumerate(subjects, start=1):
         (root / name).mkdir()
-        img, seg = generate_subject(params["seed"], index, params["spatial_dims"])
+        img, seg = generate_subject(params["seed"], index, params["spatial_dims"], shifted=index > n_regular)
         if params["spatial_dims"] == 3:
             _save(root / name / "aligned_norm.nii.gz", img, AFFINE_3D)
             _save(root / name / "aligned_seg4.nii.gz", seg, AFFINE_3D)
@@ -447,7 +535,8 @@ def _write_dataset(root: Path, params: dict) -> list[str]:
     groups = {
         "train": subjects[:n_train],
         "val": subjects[n_train : n_train + n_val],
-        "test": subjects[n_train + n_val :],
+        "test": subjects[n_train + n_val : n_regular],
+        "test_shifted": subjects[n_regular:],
     }
     for dims in range(2, params["spatial_dims"] + 1):
         prefix = "slice" if dims == 2 else "aligned"

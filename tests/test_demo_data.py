@@ -31,26 +31,35 @@ def test_layout_shapes_and_values(demo_dir):
     splits_path = demo_dir / "demo_splits.json"
     assert prepare_demo_data(str(demo_dir), **SMALL) == str(splits_path)
     splits = json.loads(splits_path.read_text())
-    assert {k: len(v) for k, v in splits.items()} == {"train": 3, "val": 1, "test": 1}
-    subjects = [DEMO_SUBJECT_FMT.format(i) for i in range(1, 6)]
+    assert {k: len(v) for k, v in splits.items()} == {"train": 3, "val": 1, "test": 1, "test_shifted": 1}
+    subjects = [DEMO_SUBJECT_FMT.format(i) for i in range(1, 7)]
     assert (demo_dir / "subjects.txt").read_text().split() == subjects
     assert splits["train"][0] == {"img": f"{subjects[0]}/slice_norm.nii.gz", "seg4": f"{subjects[0]}/slice_seg4.nii.gz"}
     lut = [line.split() for line in (demo_dir / "seg4_labels.txt").read_text().splitlines()]
     assert [int(r[0]) for r in lut] == [0, 1, 2, 3, 4] and all(len(r) == 6 for r in lut)
-    for entry in sum(splits.values(), []):
+    for split, entries in splits.items():
+        entry = entries[0]
         img_nii = nib.load(str(demo_dir / entry["img"]))
         seg_nii = nib.load(str(demo_dir / entry["seg4"]))
-        assert img_nii.get_data_dtype() == np.float32 and seg_nii.get_data_dtype() == np.uint8
-        img, seg = np.asarray(img_nii.dataobj), np.asarray(seg_nii.dataobj)
+        shifted = split == "test_shifted"
+        assert img_nii.get_data_dtype() == (np.int16 if shifted else np.float32)
+        assert seg_nii.get_data_dtype() == np.uint8
+        img, seg = np.asarray(img_nii.dataobj).astype(np.float32), np.asarray(seg_nii.dataobj)
         assert img.shape == seg.shape == (160, 192)
-        assert img.min() >= 0.0 and img.max() <= 1.0 and img.max() > 0.9
+        wm = float(np.median(img[seg == 3]))
+        if shifted:  # scanner-like integers with an offset background
+            assert img.min() > 0 and 1000 < wm < 4000
+        else:  # neurite-oasis: FreeSurfer norm / 255, white matter near 110 / 255
+            assert img.min() >= 0.0 and img.max() <= 1.0
+            assert 0.33 < wm < 0.5 and img.max() > 0.6  # the brightest voxels are not white matter
         assert set(np.unique(seg)) == {0, 1, 2, 3, 4}
-        assert np.all(img[seg > 0] > 0)  # labelled brain has intensity
-        assert np.any((seg == 0) & (img > 0.1))  # unlabelled rim / sulcal CSF keeps intensity
+        background = float(np.median(img[seg == 0]))
+        assert np.all(img[seg > 0] > background)  # labelled brain has intensity
+        assert np.any((seg == 0) & (img > background + 0.25 * wm))  # unlabelled rim / sulcal CSF keeps intensity
         assert nib.aff2axcodes(img_nii.affine) == ("L", "I", "A")
         # plausible tissue proportions for a coronal slice through the thalamus
         frac = np.bincount(seg.ravel(), minlength=5) / np.count_nonzero(seg)
-        assert 0.3 < frac[1] < 0.6 and 0.02 < frac[2] < 0.15 and 0.3 < frac[3] < 0.6 and 0.002 < frac[4] < 0.05
+        assert 0.3 < frac[1] < 0.6 and 0.02 < frac[2] < 0.15 and 0.3 < frac[3] < 0.6 and 0.002 < frac[4] < 0.1
 
 
 def test_deterministic_and_subjects_differ(demo_dir, tmp_path):
@@ -80,7 +89,7 @@ def test_cached_and_overwrite(tmp_path):
     # different parameters regenerate
     prepare_demo_data(str(root), num_train=2, num_val=1, num_test=1)
     assert len(json.loads((root / "demo_splits.json").read_text())["train"]) == 2
-    assert (root / "subjects.txt").read_text().split()[-1] == DEMO_SUBJECT_FMT.format(4)
+    assert (root / "subjects.txt").read_text().split()[-1] == DEMO_SUBJECT_FMT.format(5)  # 4 + 1 test_shifted
     # overwrite=True regenerates identical content
     before = _load(root, DEMO_SUBJECT_FMT.format(1) + "/slice_norm.nii.gz")
     prepare_demo_data(str(root), num_train=2, num_val=1, num_test=1, overwrite=True)

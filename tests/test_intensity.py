@@ -1,0 +1,164 @@
+"""Intensity normalization (scripts/intensity.py): scale- and offset-invariant; a clear error when no brain is found."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from conftest import REPO_ROOT, TINY_NET, run_bundle, save_tiny_metaseg
+from monai.data import MetaTensor
+
+from scripts.demo_data import generate_subject
+from scripts.intensity import NormalizeBrainIntensity, NormalizeBrainIntensityd, brain_intensity_range, otsu_threshold
+
+CONFIGS = ["configs/train.json", "configs/train_unet.json", "configs/inference.json"]
+
+
+@pytest.fixture(scope="module")
+def slice_and_labels() -> tuple[torch.Tensor, np.ndarray]:
+    img, seg = generate_subject(0, 1)
+    return torch.as_tensor(img)[None], seg
+
+
+def test_otsu_splits_two_levels():
+    x = torch.cat([torch.zeros(1000), torch.full((500,), 3.0)]) + 0.01 * torch.randn(1500)
+    assert 0.2 < otsu_threshold(x) < 2.8
+
+
+@pytest.mark.parametrize(
+    "scale, offset", [(0.5, 0.0), (2.0, 0.0), (1.0, 0.1), (255.0 * 9.3, 64.0), (1e-3, 0.0), (1.0, -0.2)]
+)
+def test_invariant_to_scale_and_offset(slice_and_labels, scale, offset):
+    img, _ = slice_and_labels
+    norm = NormalizeBrainIntensity()
+    np.testing.assert_allclose(norm(img * scale + offset), norm(img), atol=1e-4)
+
+
+def test_white_matter_lands_near_one(slice_and_labels):
+    img, seg = slice_and_labels
+    out = NormalizeBrainIntensity()(img)[0].numpy()
+    assert 0.9 < float(np.median(out[seg == 3])) < 1.1
+    assert float(np.median(out[seg == 0])) == pytest.approx(0.0, abs=1e-6)
+    assert out.min() >= 0.0 and out.max() <= 2.0
+    background, reference = brain_intensity_range(img)
+    assert background == pytest.approx(0.0, abs=1e-6) and 0.38 < reference < 0.5  # norm/255: white matter ~0.43
+
+
+def test_dict_version_keeps_metadata_and_dtype(slice_and_labels):
+    img, _ = slice_and_labels
+    mt = MetaTensor((img * 1000).to(torch.int16), meta={"filename_or_obj": "a.nii.gz"})
+    out = NormalizeBrainIntensityd("image")({"image": mt, "label": 1})
+    assert isinstance(out["image"], MetaTensor) and out["image"].dtype == torch.float32
+    assert out["image"].meta["filename_or_obj"] == "a.nii.gz" and out["label"] == 1
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [("zeros", "no brain found"), ("one_voxel", "no brain found"), ("few_voxels", "no brain found")],
+)
+def test_no_brain_is_a_clear_error(case, message):
+    x = torch.zeros(1, 64, 64)
+    if case == "one_voxel":
+        x[0, 10, 10] = 1.0
+    elif case == "few_voxels":
+        x[0, :2, :2] = 5.0
+    with pytest.raises(ValueError, match=message) as err:
+        NormalizeBrainIntensity()(MetaTensor(x, meta={"filename_or_obj": "/data/empty.nii.gz"}))
+    assert "/data/empty.nii.gz" in str(err.value)
+
+
+def test_every_config_normalizes_before_padding():
+    """Training, validation, inference and the U-Net baseline all read the same named normalization step."""
+    for name in CONFIGS:
+        config = json.loads((REPO_ROOT / name).read_text())
+        assert config["normalize_intensity"]["_target_"] == "scripts.intensity.NormalizeBrainIntensityd", name
+        pipeline = config["preprocessing"]["transforms"]
+        assert pipeline == "$@load_transforms + [@normalize_intensity] + @spatial_transforms", name
+        if "augmented_preprocessing" in config:
+            pipeline = config["augmented_preprocessing"]["transforms"]
+            assert pipeline.index("@normalize_intensity") < pipeline.index("@intensity_augmentations"), name
+            assert config["train"]["preprocessing"] == "@augmented_preprocessing", name
+
+
+def test_no_override_indexes_a_list_by_position():
+    """Override files set ids by name (``a#b``), never by list position (``a#3``)."""
+    for path in sorted((REPO_ROOT / "configs").glob("*.json")):
+        config = json.loads(path.read_text())
+        if not isinstance(config, dict):
+            continue
+        positional = [k for k in config if any(part.isdigit() for part in k.split("#"))]
+        assert not positional, f"{path.name}: {positional}"
+
+
+def _write(path, array, dtype):
+    img = nib.Nifti1Image(array.astype(dtype), np.diag([-1.0, 1.0, 1.0, 1.0]))
+    img.header.set_data_dtype(dtype)
+    nib.save(img, str(path))
+
+
+def test_inference_labels_do_not_depend_on_intensity_scale(tmp_path, slice_and_labels):
+    """End to end through ``run inference``: a neurite-oasis slice and a rescaled, offset copy give the same labels."""
+    img, _ = slice_and_labels
+    arr = img[0].numpy()
+    for name, values in {"norm": arr, "scanner": arr * 2378.0 + 41.0, "half": arr * 0.5 + 0.1}.items():
+        (tmp_path / name).mkdir()
+        _write(tmp_path / name / "slice_norm.nii.gz", values, np.float32)
+    ckpt = tmp_path / "models"
+    save_tiny_metaseg(ckpt)
+    datalist = [str(tmp_path / n / "slice_norm.nii.gz") for n in ("norm", "scanner", "half")]
+    out = tmp_path / "out"
+    run_bundle(
+        "run",
+        "inference",
+        "--config_file",
+        "configs/inference.json",
+        "--datalist",
+        json.dumps(datalist),
+        "--output_dir",
+        str(out),
+        "--fit_steps",
+        "3",
+        "--dataset_dir",
+        str(tmp_path),
+        "--ckpt_dir",
+        str(ckpt),
+        *TINY_NET,
+    )
+    segs = {
+        n: np.asarray(nib.load(str(out / n / "slice_norm_seg.nii.gz")).dataobj) for n in ("norm", "scanner", "half")
+    }
+    for name in ("scanner", "half"):
+        assert np.mean(segs[name] == segs["norm"]) > 0.999, name
+
+
+def test_inference_on_an_image_without_brain_names_the_file(tmp_path):
+    (tmp_path / "s").mkdir()
+    x = np.zeros((160, 192), np.float32)
+    x[80, 96] = 1.0
+    _write(tmp_path / "s" / "slice_norm.nii.gz", x, np.float32)
+    ckpt = tmp_path / "models"
+    save_tiny_metaseg(ckpt)
+    out = tmp_path / "out"
+    proc = run_bundle(
+        "run",
+        "inference",
+        "--config_file",
+        "configs/inference.json",
+        "--datalist",
+        json.dumps([str(tmp_path / "s" / "slice_norm.nii.gz")]),
+        "--output_dir",
+        str(out),
+        "--dataset_dir",
+        str(tmp_path),
+        "--ckpt_dir",
+        str(ckpt),
+        *TINY_NET,
+        check=False,
+    )
+    assert proc.returncode != 0
+    log = proc.stdout + proc.stderr
+    assert "no brain found" in log and str(tmp_path / "s" / "slice_norm.nii.gz") in log
+    assert not out.exists() or not list(out.rglob("*.nii.gz"))

@@ -1,0 +1,110 @@
+"""``benchmarks/robustness.py`` end to end on a tiny demo dataset with tiny random MetaSeg and U-Net weights."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import REPO_ROOT, TINY_NET, save_tiny_metaseg
+from monai.networks.nets import BasicUNet
+
+from scripts.demo_data import prepare_demo_data
+
+SCRIPT = REPO_ROOT / "benchmarks" / "robustness.py"
+ROWS = [
+    "clean",
+    "intensity x0.5",
+    "intensity x2",
+    "offset +0.1",
+    "gamma 0.6",
+    "gamma 1.6",
+    "bias field",
+    "noise sigma 0.05",
+    "blur sigma 1 px",
+    "rotation +10 deg",
+    "rotation -10 deg",
+    "left-right flip",
+    "test_shifted split",
+]
+TINY_UNET_FEATURES = [4, 4, 4, 4, 4, 4]
+
+
+@pytest.fixture(scope="module")
+def tiny_setup(tmp_path_factory) -> tuple[Path, Path, Path]:
+    """``(dataset_dir, splits_file, ckpt_dir)``: 2 test + 2 test_shifted subjects, tiny random weights."""
+    root = tmp_path_factory.mktemp("robustness")
+    splits = prepare_demo_data(str(root / "demo"), num_train=1, num_val=1, num_test=2, seed=1)
+    models = root / "models"
+    save_tiny_metaseg(models)
+    torch.manual_seed(0)
+    unet = BasicUNet(spatial_dims=2, in_channels=1, out_channels=5, features=tuple(TINY_UNET_FEATURES))
+    torch.save(unet.state_dict(), models / "unet.pt")
+    return root / "demo", Path(splits), models
+
+
+def run_script(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+def tiny_args(dataset_dir: Path, splits_file: Path, ckpt_dir: Path) -> list[str]:
+    tiny_metaseg = [f"--set={k.lstrip('-')}={v}" for k, v in zip(TINY_NET[::2], TINY_NET[1::2])]
+    return [
+        "--dataset_dir",
+        str(dataset_dir),
+        "--splits_file",
+        str(splits_file),
+        "--ckpt_dir",
+        str(ckpt_dir),
+        *tiny_metaseg,
+        "--set",
+        f"network_def#features={json.dumps(TINY_UNET_FEATURES)}",
+        "--set",
+        "fit_steps=2",
+    ]
+
+
+def test_robustness_benchmark_end_to_end(tiny_setup, tmp_path):
+    """Every row for both models, Dice in [0, 1], drops against the clean row, the Markdown table and the command;
+    the evaluations' files go to temporary folders (the working directory stays empty)."""
+    dataset_dir, splits_file, ckpt_dir = tiny_setup
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    output = tmp_path / "out" / "robustness.json"
+    proc = run_script(cwd, *tiny_args(dataset_dir, splits_file, ckpt_dir), "--output", str(output))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    assert list(cwd.iterdir()) == []
+
+    result = json.loads(output.read_text())
+    assert result["models"] == {"metaseg": "MetaSeg", "unet": "U-Net"}
+    assert [row["perturbation"] for row in result["rows"]] == ROWS
+    for row in result["rows"]:
+        for model in ("metaseg", "unet"):
+            assert 0.0 <= row[model]["dice"] <= 1.0, row
+            assert row[model]["num_images"] == 2, row
+            assert row[model]["drop"] == pytest.approx(result["rows"][0][model]["dice"] - row[model]["dice"])
+    assert result["rows"][-1]["split"] == "test_shifted"
+    assert result["bias_field_max_min"] > 1.5  # "strong": the field varies by more than 1.5x over the brain
+
+    lines = proc.stdout.splitlines()
+    assert "| perturbation | MetaSeg Dice | drop | U-Net Dice | drop |" in lines
+    for row in result["rows"]:
+        cells = f"| {row['perturbation']} | {row['metaseg']['dice']:.4f} | {row['metaseg']['drop']:.4f} |"
+        assert any(line.startswith(cells) for line in lines), row
+    assert any(line.startswith("command: ") and "robustness.py" in line for line in lines)
+
+
+def test_robustness_benchmark_rejects_unknown_override(tiny_setup, tmp_path):
+    """A ``--set`` id that no selected model's config defines (a typo) stops the run before any evaluation."""
+    dataset_dir, splits_file, ckpt_dir = tiny_setup
+    args = ["--dataset_dir", str(dataset_dir), "--splits_file", str(splits_file), "--ckpt_dir", str(ckpt_dir)]
+    proc = run_script(tmp_path, *args, "--set", "fit_steps=2", "--set", "fit_stepz=2")
+    assert proc.returncode == 2 and "['fit_stepz']" in proc.stderr, proc.stderr[-3000:]
+    assert list(tmp_path.iterdir()) == []
