@@ -18,6 +18,8 @@ from monai.data import NibabelWriter
 from monai.data.folder_layout import FolderLayoutBase
 from monai.handlers import CheckpointSaver, MetricsSaver
 
+from .transforms import SQUEEZED_AXES_KEY
+
 __all__ = [
     "SubjectFolderLayout",
     "AtomicNiftiWriter",
@@ -69,9 +71,15 @@ class AtomicNiftiWriter(NibabelWriter):
     With ``resample=False`` the data are written with their metadata affine unchanged, without going through
     MONAI's resampler: 2D slices cut from 3D volumes (such as neurite-oasis ``slice_*.nii.gz``) carry a 4x4 affine
     whose in-plane 2x2 block is singular, which the resampler cannot invert although nothing needs resampling.
+
+    Trailing singleton axes that :class:`scripts.transforms.ValidateMetaSegInputd` dropped from the input (a
+    ``160x192x1`` neurite-oasis slice) are given back, so the output has the input's shape.
     """
 
     def set_metadata(self, meta_dict: Mapping | None = None, resample: bool = True, **options: Any) -> None:
+        squeezed = int((meta_dict or {}).get(SQUEEZED_AXES_KEY, 0) or 0)
+        if squeezed and self.data_obj is not None:
+            self.data_obj = self.data_obj.reshape(*self.data_obj.shape, *([1] * squeezed))
         if resample:
             return super().set_metadata(meta_dict, resample=resample, **options)
         _, affine, _ = self.get_meta_info(meta_dict)

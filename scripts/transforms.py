@@ -6,12 +6,15 @@ import os
 from collections.abc import Hashable, Mapping
 from typing import Any
 
+import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.transforms import LoadImaged, MapTransform
 from monai.utils import ImageMetaKey, PostFix
 
-__all__ = ["LoadImageCheckedd", "ValidateMetaSegInputd"]
+__all__ = ["SQUEEZED_AXES_KEY", "LoadImageCheckedd", "ValidateMetaSegInputd"]
+
+SQUEEZED_AXES_KEY = "metaseg_squeezed_axes"  # metadata: trailing singleton axes dropped from the input file
 
 
 class LoadImageCheckedd(LoadImaged):
@@ -78,8 +81,15 @@ class ValidateMetaSegInputd(MapTransform):
         self.label_key = label_key
 
     def _squeeze(self, x: torch.Tensor, key: Hashable) -> torch.Tensor:
+        squeezed = 0
         while x.dim() > self.spatial_dims + 1 and x.shape[-1] == 1:
             x = x[..., 0]
+            squeezed += 1
+        if squeezed and isinstance(getattr(x, "meta", None), dict):
+            # the metadata describes the squeezed array (so writers do not take the channel for a spatial axis);
+            # scripts.io.AtomicNiftiWriter gives the saved output the dropped axes back
+            x.meta[SQUEEZED_AXES_KEY] = squeezed
+            x.meta["spatial_shape"] = np.asarray(x.shape[1:])
         if x.dim() != self.spatial_dims + 1 or x.shape[0] != 1:
             spatial = tuple(x.shape[1:])
             raise ValueError(

@@ -95,9 +95,12 @@ def test_robustness_benchmark_end_to_end(tiny_setup, tmp_path):
 
     lines = proc.stdout.splitlines()
     assert "| perturbation | MetaSeg Dice | drop | U-Net Dice | drop |" in lines
+    rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in lines if line.startswith("| ")]
+    table = {cells[0]: cells[1:] for cells in rows}
     for row in result["rows"]:
-        cells = f"| {row['perturbation']} | {row['metaseg']['dice']:.4f} | {row['metaseg']['drop']:.4f} |"
-        assert any(line.startswith(cells) for line in lines), row
+        printed = [float(x) for x in table[row["perturbation"]]]
+        expected = [row[m][k] for m in ("metaseg", "unet") for k in ("dice", "drop")]
+        assert printed == pytest.approx(expected, abs=5e-5), row
     assert any(line.startswith("command: ") and "robustness.py" in line for line in lines)
 
 

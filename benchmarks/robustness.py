@@ -1,0 +1,358 @@
+"""Robustness of MetaSeg and the U-Net baseline to scanner-like perturbations of the input image.
+
+Each model is evaluated by its own bundle evaluation config (MetaSeg: ``configs/inference.json`` +
+``configs/evaluate.json``, ``evaluator``; U-Net: ``configs/train_unet.json`` + ``configs/evaluate_unet.json``,
+``validate#evaluator``) on the demo test split, once per perturbation, and the mean foreground Dice
+(``mean_dice``, as ``run evaluating`` reports it) is tabulated against the clean images. Each perturbation is one or
+more of MONAI's own transforms, inserted by name into the bundle's preprocessing right after the image is loaded and
+BEFORE the bundle's intensity normalization (``normalize_intensity``, which maps the background to 0 and the brain's
+75th percentile to 1), as a scan from another scanner would arrive::
+
+    preprocessing#transforms = $@load_transforms + @perturbation + [@normalize_intensity] + @spatial_transforms
+
+Intensities are those of the raw files (demo data: FreeSurfer ``norm``/255, so the brain's 75th percentile, the
+normalization's reference, lies near 0.42; the script prints it for the first image). Rows:
+
+- ``clean``: no perturbation (the number of ``run evaluating``);
+- ``intensity x0.5``, ``intensity x2``: ``ScaleIntensityd`` with ``factor`` -0.5 / 1.0 (it multiplies by 1 + factor);
+- ``offset +0.1``: ``ShiftIntensityd``, the whole image (background included);
+- ``gamma 0.6``, ``gamma 1.6``: ``AdjustContrastd`` (gamma on the image rescaled to [0, 1], then scaled back);
+- ``bias field``: ``RandBiasFieldd`` with every coefficient of its degree-3 Legendre polynomial set to 0.3 (the top of
+  the training augmentation's range, for every coefficient at once): a smooth multiplicative field whose max/min
+  ratio over the brain (pixels above the Otsu threshold) is about 2.5 on the demo images (measured and printed for the
+  first image of the split);
+- ``noise sigma 0.05``: ``RandGaussianNoised``, std 0.05 in raw units (about 12% of the brain's 75th percentile),
+  ``sample_std`` false;
+- ``blur sigma 1 px``: ``GaussianSmoothd``, sigma 1 pixel;
+- ``rotation +10 deg``, ``rotation -10 deg``: ``Rotated`` on image and label (bilinear / nearest, zero padding);
+- ``left-right flip``: ``Flipd`` on image and label along the first image axis (left-right in neurite-oasis slices);
+- ``test_shifted split``: no perturbation, the demo generator's out-of-distribution subjects (old brains with more
+  atrophy, other contrast) instead of the test split.
+
+Geometric perturbations move image and label alike. The random transforms are seeded (``set_random_state(seed)``
+after the workflow is built, so both models see the same noise); every run starts with
+``monai.utils.set_determinism(seed)`` as the bundle's ``initialize`` does, so MetaSeg's test-time fit draws the same
+pixels in every row. ``drop`` is the clean Dice minus the perturbed Dice.
+
+    python benchmarks/robustness.py --output eval/robustness.json
+
+``--set KEY=VALUE`` (repeatable) overrides a config id (value parsed as JSON, else kept as a string) in each selected
+model's config that defines that id, e.g. ``--set fit_steps=20`` (MetaSeg only) or ``--set device=cpu`` (both).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import shlex
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from monai.bundle import ConfigParser
+from monai.transforms import Compose, Randomizable
+from monai.utils import set_determinism
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))  # `python benchmarks/<name>.py` from anywhere: the bundle's scripts
+# isort: split
+
+from scripts.compare import require_weights  # noqa: E402
+from scripts.intensity import brain_intensity_range, otsu_threshold  # noqa: E402
+
+PREPROCESSING = "preprocessing#transforms"
+NORMALIZE = "[@normalize_intensity]"
+PERTURBATION = "perturbation"
+WEIGHTS = "robustness_weights_file"
+
+# the two workflows: config files, the evaluator id, the datalist id, the weights file (config expression)
+MODELS: dict[str, dict[str, Any]] = {
+    "metaseg": {
+        "name": "MetaSeg",
+        "config_files": ["inference.json", "evaluate.json"],
+        "evaluator": "evaluator",
+        "data": "dataset#data",
+        "weights": "$@ckpt_dir + '/model.pt'",
+        "command": "python -m monai.bundle run training --config_file configs/train.json",
+    },
+    "unet": {
+        "name": "U-Net",
+        "config_files": ["train_unet.json", "evaluate_unet.json"],
+        "evaluator": "validate#evaluator",
+        "data": "validate#dataset#data",
+        "weights": "$@ckpt_dir + '/' + @ckpt_name + '.pt'",
+        "command": "python -m monai.bundle run training --config_file configs/train_unet.json",
+    },
+}
+
+IMAGE_LABEL = ["image", "label"]
+# (row name, MONAI transform configs inserted before the normalization, split; None: the configs' own split)
+ROWS: list[tuple[str, list[dict[str, Any]], str | None]] = [
+    ("clean", [], None),
+    (
+        "intensity x0.5",
+        [{"_target_": "ScaleIntensityd", "keys": "image", "minv": None, "maxv": None, "factor": -0.5}],
+        None,
+    ),
+    (
+        "intensity x2",
+        [{"_target_": "ScaleIntensityd", "keys": "image", "minv": None, "maxv": None, "factor": 1.0}],
+        None,
+    ),
+    ("offset +0.1", [{"_target_": "ShiftIntensityd", "keys": "image", "offset": 0.1}], None),
+    ("gamma 0.6", [{"_target_": "AdjustContrastd", "keys": "image", "gamma": 0.6}], None),
+    ("gamma 1.6", [{"_target_": "AdjustContrastd", "keys": "image", "gamma": 1.6}], None),
+    (
+        "bias field",
+        [{"_target_": "RandBiasFieldd", "keys": "image", "prob": 1.0, "degree": 3, "coeff_range": [0.3, 0.3]}],
+        None,
+    ),
+    (
+        "noise sigma 0.05",
+        [
+            {
+                "_target_": "RandGaussianNoised",
+                "keys": "image",
+                "prob": 1.0,
+                "mean": 0.0,
+                "std": 0.05,
+                "sample_std": False,
+            }
+        ],
+        None,
+    ),
+    ("blur sigma 1 px", [{"_target_": "GaussianSmoothd", "keys": "image", "sigma": 1.0}], None),
+    *(
+        (
+            f"rotation {deg:+d} deg",
+            [
+                {
+                    "_target_": "Rotated",
+                    "keys": IMAGE_LABEL,
+                    "angle": math.radians(deg),
+                    "mode": ["bilinear", "nearest"],
+                    "padding_mode": "zeros",
+                }
+            ],
+            None,
+        )
+        for deg in (10, -10)
+    ),
+    ("left-right flip", [{"_target_": "Flipd", "keys": IMAGE_LABEL, "spatial_axis": 0}], None),
+    ("test_shifted split", [], "test_shifted"),
+]
+BIAS_ROW = "bias field"
+
+
+def parse_value(text: str) -> Any:
+    """A ``--set`` value: JSON if it parses (numbers, booleans, lists, null), else the string itself."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def parse_sets(items: list[str]) -> dict[str, Any]:
+    """``{id: value}`` of the ``--set KEY=VALUE`` options."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+        out[key] = parse_value(value)
+    return out
+
+
+def build_parser(model: str, args: argparse.Namespace, sets: dict[str, Any], output_dir: str) -> ConfigParser:
+    """The model's evaluation config with the benchmark's overrides (no perturbation yet)."""
+    parser = ConfigParser()
+    parser.read_config([str(REPO_ROOT / "configs" / f) for f in MODELS[model]["config_files"]])
+    parser["bundle_root"] = str(REPO_ROOT)
+    parser["output_dir"] = output_dir
+    parser["check_overrides"] = False
+    parser["ckpt_dir"] = str(Path(args.ckpt_dir).absolute())
+    if args.dataset_dir is not None:
+        parser["dataset_dir"] = str(Path(args.dataset_dir).absolute())
+    if args.splits_file is not None:
+        parser["splits_file"] = str(Path(args.splits_file).absolute())
+    for key, value in sets.items():
+        if key in parser:
+            parser[key] = value
+    return parser
+
+
+def perturb(parser: ConfigParser, model: str, transforms: list[dict], split: str | None, num_images: int | None):
+    """Insert ``transforms`` before the normalization, select ``split`` and keep the first ``num_images``."""
+    pipeline = parser[PREPROCESSING]
+    if not isinstance(pipeline, str) or NORMALIZE not in pipeline:
+        raise ValueError(f"{PREPROCESSING} no longer contains {NORMALIZE}: {pipeline!r}; update this benchmark.")
+    parser[PERTURBATION] = json.loads(json.dumps(transforms))  # a copy: the parser keeps what it is given
+    parser[PREPROCESSING] = pipeline.replace(NORMALIZE, f"@{PERTURBATION} + {NORMALIZE}", 1)
+    if split is not None:
+        parser["split"] = split
+    if num_images is not None:
+        data_id = MODELS[model]["data"]
+        expr = parser[data_id]
+        if not (isinstance(expr, str) and expr.startswith("$")):
+            raise ValueError(f"{data_id} is not an expression: {expr!r}; update this benchmark.")
+        parser[data_id] = f"$({expr[1:]})[:{int(num_images)}]"
+
+
+def seed_random(transforms: list, seed: int) -> None:
+    """Seed every random transform in ``transforms`` (after the DataLoader has seeded them from torch's RNG)."""
+    for t in transforms:
+        if isinstance(t, Randomizable):
+            t.set_random_state(seed=seed)
+
+
+def evaluate(
+    model: str, args: argparse.Namespace, sets: dict[str, Any], transforms: list[dict], split: str | None
+) -> tuple[float, int]:
+    """Mean foreground Dice of ``model`` on the (perturbed) split, and the number of images."""
+    with tempfile.TemporaryDirectory(prefix="robustness-") as output_dir:
+        parser = build_parser(model, args, sets, output_dir)
+        perturb(parser, model, transforms, split, args.num_images)
+        seed = int(parser.get_parsed_content("seed"))
+        set_determinism(seed=seed)
+        evaluator = parser.get_parsed_content(MODELS[model]["evaluator"])
+        seed_random(parser.get_parsed_content(PERTURBATION), seed)
+        evaluator.run()
+        dice = float(evaluator.state.metrics["mean_dice"])
+        count = len(evaluator.data_loader.dataset)
+        del evaluator, parser
+        gc.collect()
+        set_determinism(seed=None)
+    return dice, count
+
+
+def prepare(model: str, args: argparse.Namespace, sets: dict[str, Any]) -> None:
+    """Check the model's weights; generate the demo data when the config reads the demo folder (its ``initialize``
+    step that calls ``scripts.demo_data.prepare_demo_data``)."""
+    with tempfile.TemporaryDirectory(prefix="robustness-") as output_dir:
+        parser = build_parser(model, args, sets, output_dir)
+        parser[WEIGHTS] = MODELS[model]["weights"]
+        require_weights(parser.get_parsed_content(WEIGHTS), MODELS[model]["name"], MODELS[model]["command"])
+        for i, expr in enumerate(parser["initialize"]):  # the config's own demo-data step (a no-op if it exists)
+            if "prepare_demo_data" in str(expr):
+                parser.get_parsed_content(f"initialize#{i}")
+
+
+def measure_bias_field(args: argparse.Namespace, sets: dict[str, Any], model: str) -> dict[str, float]:
+    """Brain 75th percentile of the first raw image, and max/min of the bias row's field over its brain."""
+    with tempfile.TemporaryDirectory(prefix="robustness-") as output_dir:
+        parser = build_parser(model, args, sets, output_dir)
+        transforms = dict((name, t) for name, t, _ in ROWS)[BIAS_ROW]
+        perturb(parser, model, transforms, None, 1)
+        seed = int(parser.get_parsed_content("seed"))
+        load = Compose(parser.get_parsed_content("load_transforms"))
+        bias = Compose(parser.get_parsed_content(PERTURBATION))
+        bias.set_random_state(seed=seed)
+        item = load(parser.get_parsed_content(MODELS[model]["data"])[0])
+        raw = torch.as_tensor(item["image"]).float()
+        field = torch.as_tensor(bias(dict(item))["image"]).float() / raw.clamp_min(1e-12)
+        x = raw.flatten()
+        lo, hi = torch.quantile(x, 0.001).item(), torch.quantile(x, 0.999).item()
+        brain = raw > otsu_threshold(x.clamp(lo, hi))  # the brain as the normalization finds it
+        _, reference = brain_intensity_range(raw)
+        return {"bias_field_max_min": float(field[brain].max() / field[brain].min()), "brain_p75": reference}
+
+
+def fmt(x: float) -> str:
+    """4 decimals, without a ``-0.0000`` for a drop that rounds to zero."""
+    return f"{x:.4f}" if round(x, 4) != 0 else "0.0000"
+
+
+def markdown_table(rows: list[dict], models: list[str]) -> str:
+    head = "| perturbation |" + "".join(f" {MODELS[m]['name']} Dice | drop |" for m in models)
+    lines = [head, "|---|" + "---:|---:|" * len(models)]
+    for row in rows:
+        cells = "".join(f" {fmt(row[m]['dice'])} | {fmt(row[m]['drop'])} |" for m in models)
+        lines.append(f"| {row['perturbation']} |{cells}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(
+        description="Mean foreground Dice of MetaSeg and the U-Net under input perturbations (before normalization).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    ap.add_argument("--num_images", type=int, default=None, help="first N images of the split (default: all)")
+    ap.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS), help="models to evaluate")
+    ap.add_argument("--output", default=None, help="JSON file for the results (optional)")
+    ap.add_argument("--dataset_dir", default=None, help="dataset folder (default: the configs' demo data)")
+    ap.add_argument("--splits_file", default=None, help="splits JSON (default: as the configs derive it)")
+    ap.add_argument("--ckpt_dir", default=str(REPO_ROOT / "models"), help="folder of model.pt and unet.pt")
+    ap.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override, applied to each selected model whose config defines KEY (VALUE parsed as JSON, else "
+        "a string); repeatable, e.g. --set fit_steps=20 --set network_def#features=[4,4,4,4,4,4]",
+    )
+    args = ap.parse_args(argv)
+    if args.num_images is not None and args.num_images < 1:
+        ap.error("--num_images must be at least 1")
+    models = list(dict.fromkeys(args.models))
+    try:
+        sets = parse_sets(args.sets)
+    except ValueError as e:
+        ap.error(str(e))
+    with tempfile.TemporaryDirectory() as tmp:
+        known = {m: build_parser(m, args, {}, tmp) for m in models}
+        unknown = [k for k in sets if not any(k in p for p in known.values())]
+        del known
+    if unknown:
+        ap.error(f"--set ids that no selected model's config defines: {unknown}")
+
+    for m in models:
+        prepare(m, args, sets)
+    field = measure_bias_field(args, sets, models[0])
+    print(
+        f"first image: brain 75th percentile {field['brain_p75']:.4f} (raw units; noise sigma 0.05 is "
+        f"{0.05 / field['brain_p75']:.1%} of it); bias field max/min over the brain {field['bias_field_max_min']:.2f}",
+        flush=True,
+    )
+
+    rows = []
+    start = time.perf_counter()
+    for name, transforms, split in ROWS:
+        row: dict[str, Any] = {"perturbation": name, "split": split, "transforms": transforms}
+        for m in models:
+            dice, count = evaluate(m, args, sets, transforms, split)
+            row[m] = {"dice": dice, "num_images": count}
+            print(f"{name:>20s}  {MODELS[m]['name']:>8s}  Dice {dice:.4f}  ({count} images)", flush=True)
+        rows.append(row)
+    for row in rows:
+        for m in models:
+            row[m]["drop"] = rows[0][m]["dice"] - row[m]["dice"]
+
+    command = shlex.join(["python", *(sys.argv if argv is None else [sys.argv[0], *argv])])
+    print()
+    print(markdown_table(rows, models))
+    print()
+    print(f"command: {command}")
+    result = {
+        "models": {m: MODELS[m]["name"] for m in models},
+        "rows": rows,
+        "bias_field_max_min": field["bias_field_max_min"],
+        "brain_p75_first_image": field["brain_p75"],
+        "sets": sets,
+        "num_images": args.num_images,
+        "seconds": time.perf_counter() - start,
+        "command": command,
+    }
+    if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(json.dumps(result, indent=1) + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main()

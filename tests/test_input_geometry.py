@@ -1,0 +1,47 @@
+"""Output geometry equals the input's, including the trailing singleton axis of neurite-oasis 2D slices."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+from conftest import TINY_NET, run_bundle, save_tiny_metaseg
+
+from scripts.demo_data import AFFINE, generate_subject
+
+
+@pytest.mark.parametrize("scale", [1, 2])
+def test_singleton_axis_slice_keeps_its_shape_and_affine(tmp_path, scale):
+    img, _ = generate_subject(0, 1)
+    (tmp_path / "s1").mkdir()
+    nib.save(nib.Nifti1Image(img[..., None], AFFINE), str(tmp_path / "s1" / "slice_norm.nii.gz"))  # 160x192x1
+    ckpt = tmp_path / "models"
+    save_tiny_metaseg(ckpt)
+    out = tmp_path / "out"
+    run_bundle(
+        "run",
+        "inference",
+        "--config_file",
+        "configs/inference.json",
+        "--datalist",
+        json.dumps([str(tmp_path / "s1" / "slice_norm.nii.gz")]),
+        "--output_dir",
+        str(out),
+        "--dataset_dir",
+        str(tmp_path),
+        "--ckpt_dir",
+        str(ckpt),
+        "--fit_steps",
+        "2",
+        "--output_scale",
+        str(scale),
+        *TINY_NET,
+    )
+    seg = nib.load(str(out / "s1" / "slice_norm_seg.nii.gz"))
+    assert seg.shape == (160 * scale, 192 * scale, 1)
+    expected = AFFINE.copy()
+    expected[:3, :2] /= scale  # in-plane spacing only
+    expected[:3, 3] += AFFINE[:3, :2] @ np.full(2, (1 - scale) / (2 * scale))  # fine pixel centres
+    np.testing.assert_allclose(seg.affine, expected, atol=1e-5)
