@@ -109,7 +109,7 @@ def default_demo(tmp_path_factory) -> Path:
 
 def test_prepare_data_run_id_generates_the_demo_layout(default_demo):
     splits = json.loads((default_demo / "demo_splits.json").read_text())
-    assert {k: len(v) for k, v in splits.items()} == {"train": 80, "val": 20, "test": 20}
+    assert {k: len(v) for k, v in splits.items()} == {"train": 80, "val": 20, "test": 20, "test_shifted": 20}
     assert (default_demo / "OASIS_OAS1_0001_MR1" / "slice_norm.nii.gz").is_file()
 
 
