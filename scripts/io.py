@@ -51,7 +51,7 @@ class SubjectFolderLayout(FolderLayoutBase):
         path = str(subject)
         parent = os.path.basename(os.path.dirname(os.path.abspath(path)))
         stem = os.path.basename(path)
-        for ext in (".nii.gz", ".nii", ".gz"):
+        for ext in (".nii.gz", ".nii", ".mgz", ".mgh", ".gz"):
             if stem.endswith(ext):
                 stem = stem[: -len(ext)]
                 break

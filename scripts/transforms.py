@@ -9,17 +9,20 @@ from typing import Any
 import numpy as np
 import torch
 from monai.config import KeysCollection
+from monai.data import NibabelReader
 from monai.transforms import LoadImaged, MapTransform
 from monai.utils import ImageMetaKey, PostFix
 
 __all__ = ["SQUEEZED_AXES_KEY", "LoadImageCheckedd", "ValidateMetaSegInputd"]
 
+FREESURFER_SUFFIXES = (".mgz", ".mgh")
 SQUEEZED_AXES_KEY = "metaseg_squeezed_axes"  # metadata: trailing singleton axes dropped from the input file
 
 
 class LoadImageCheckedd(LoadImaged):
     """``LoadImaged`` (``image_only=True``) whose read errors name the file and the problem.
 
+    FreeSurfer's ``.mgz`` / ``.mgh`` files are read by nibabel (MONAI's reader choice goes by the NIfTI suffixes only).
     Missing and empty files are reported before reading; anything a reader rejects (a truncated gzip, a file that is
     not NIfTI despite its name) becomes a ``ValueError`` that names the path. Other arguments are ``LoadImaged``'s.
     """
@@ -37,8 +40,11 @@ class LoadImageCheckedd(LoadImaged):
                     raise FileNotFoundError(f"{key} file not found: {path}")
                 if os.path.getsize(path) == 0:
                     raise ValueError(f"{path}: the {key} file is empty (0 bytes).")
+            file_reader = reader
+            if file_reader is None and str(path).lower().endswith(FREESURFER_SUFFIXES):
+                file_reader = NibabelReader()
             try:
-                loaded = self._loader(path, reader)
+                loaded = self._loader(path, file_reader)
             except Exception as e:
                 raise ValueError(f"{path}: cannot read the {key} as an image ({type(e).__name__}: {e}).") from e
             if isinstance(loaded, tuple):  # image_only switched off (MONAI Label does): image + its metadata dict

@@ -45,3 +45,33 @@ def test_singleton_axis_slice_keeps_its_shape_and_affine(tmp_path, scale):
     expected[:3, :2] /= scale  # in-plane spacing only
     expected[:3, 3] += AFFINE[:3, :2] @ np.full(2, (1 - scale) / (2 * scale))  # fine pixel centres
     np.testing.assert_allclose(seg.affine, expected, atol=1e-5)
+
+
+def test_freesurfer_mgz_is_read_and_named_without_its_extension(tmp_path):
+    img, _ = generate_subject(0, 1)
+    (tmp_path / "s1").mkdir()
+    nib.save(nib.MGHImage(img[..., None], AFFINE), str(tmp_path / "s1" / "norm.mgz"))
+    ckpt = tmp_path / "models"
+    save_tiny_metaseg(ckpt)
+    out = tmp_path / "out"
+    run_bundle(
+        "run",
+        "inference",
+        "--config_file",
+        "configs/inference.json",
+        "--datalist",
+        json.dumps([str(tmp_path / "s1" / "norm.mgz")]),
+        "--output_dir",
+        str(out),
+        "--dataset_dir",
+        str(tmp_path),
+        "--ckpt_dir",
+        str(ckpt),
+        "--fit_steps",
+        "2",
+        *TINY_NET,
+    )
+    assert sorted(p.name for p in (out / "s1").iterdir()) == ["norm_seg.nii.gz"]
+    seg = nib.load(str(out / "s1" / "norm_seg.nii.gz"))
+    assert seg.shape == (160, 192, 1)
+    np.testing.assert_allclose(seg.affine, AFFINE, atol=1e-5)
