@@ -85,6 +85,32 @@ def run_bundle(*args: str, check: bool = True, timeout: int = 600) -> subprocess
     return proc
 
 
+def run_inference_on_files(
+    files: list[Path], output_dir: Path, ckpt_dir: Path, *args: str, check: bool = True
+) -> subprocess.CompletedProcess:
+    """``run inference`` on the user's own ``files`` (the README's command) with the tiny network of ``ckpt_dir``.
+
+    ``dataset_dir`` points at the files' folder, so no demo data is generated.
+    """
+    return run_bundle(
+        "run",
+        "inference",
+        "--config_file",
+        "configs/inference.json",
+        "--datalist",
+        json.dumps([str(f) for f in files]),
+        "--output_dir",
+        str(output_dir),
+        "--dataset_dir",
+        str(Path(files[0]).parent),
+        "--ckpt_dir",
+        str(ckpt_dir),
+        *TINY_NET,
+        *args,
+        check=check,
+    )
+
+
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory) -> tuple[Path, Path]:
     """A demo dataset with 3 train / 2 val / 2 test subjects: ``(dataset_dir, splits_file)``."""

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
-
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import TINY_NET, run_bundle, save_tiny_metaseg
+from conftest import run_inference_on_files, save_tiny_metaseg
 
 from scripts.demo_data import AFFINE, generate_subject
 
@@ -20,24 +18,8 @@ def test_singleton_axis_slice_keeps_its_shape_and_affine(tmp_path, scale):
     ckpt = tmp_path / "models"
     save_tiny_metaseg(ckpt)
     out = tmp_path / "out"
-    run_bundle(
-        "run",
-        "inference",
-        "--config_file",
-        "configs/inference.json",
-        "--datalist",
-        json.dumps([str(tmp_path / "s1" / "slice_norm.nii.gz")]),
-        "--output_dir",
-        str(out),
-        "--dataset_dir",
-        str(tmp_path),
-        "--ckpt_dir",
-        str(ckpt),
-        "--fit_steps",
-        "2",
-        "--output_scale",
-        str(scale),
-        *TINY_NET,
+    run_inference_on_files(
+        [tmp_path / "s1" / "slice_norm.nii.gz"], out, ckpt, "--fit_steps", "2", "--output_scale", str(scale)
     )
     seg = nib.load(str(out / "s1" / "slice_norm_seg.nii.gz"))
     assert seg.shape == (160 * scale, 192 * scale, 1)
@@ -54,23 +36,7 @@ def test_freesurfer_mgz_is_read_and_named_without_its_extension(tmp_path):
     ckpt = tmp_path / "models"
     save_tiny_metaseg(ckpt)
     out = tmp_path / "out"
-    run_bundle(
-        "run",
-        "inference",
-        "--config_file",
-        "configs/inference.json",
-        "--datalist",
-        json.dumps([str(tmp_path / "s1" / "norm.mgz")]),
-        "--output_dir",
-        str(out),
-        "--dataset_dir",
-        str(tmp_path),
-        "--ckpt_dir",
-        str(ckpt),
-        "--fit_steps",
-        "2",
-        *TINY_NET,
-    )
+    run_inference_on_files([tmp_path / "s1" / "norm.mgz"], out, ckpt, "--fit_steps", "2")
     assert sorted(p.name for p in (out / "s1").iterdir()) == ["norm_seg.nii.gz"]
     seg = nib.load(str(out / "s1" / "norm_seg.nii.gz"))
     assert seg.shape == (160, 192, 1)

@@ -8,7 +8,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import REPO_ROOT, TINY_NET, run_bundle, save_tiny_metaseg
+from conftest import REPO_ROOT, run_inference_on_files, save_tiny_metaseg
 from monai.data import MetaTensor
 
 from scripts.demo_data import generate_subject
@@ -108,25 +108,9 @@ def test_inference_labels_do_not_depend_on_intensity_scale(tmp_path, slice_and_l
         _write(tmp_path / name / "slice_norm.nii.gz", values, np.float32)
     ckpt = tmp_path / "models"
     save_tiny_metaseg(ckpt)
-    datalist = [str(tmp_path / n / "slice_norm.nii.gz") for n in ("norm", "scanner", "half")]
+    datalist = [tmp_path / n / "slice_norm.nii.gz" for n in ("norm", "scanner", "half")]
     out = tmp_path / "out"
-    run_bundle(
-        "run",
-        "inference",
-        "--config_file",
-        "configs/inference.json",
-        "--datalist",
-        json.dumps(datalist),
-        "--output_dir",
-        str(out),
-        "--fit_steps",
-        "3",
-        "--dataset_dir",
-        str(tmp_path),
-        "--ckpt_dir",
-        str(ckpt),
-        *TINY_NET,
-    )
+    run_inference_on_files(datalist, out, ckpt, "--fit_steps", "3")
     segs = {
         n: np.asarray(nib.load(str(out / n / "slice_norm_seg.nii.gz")).dataobj) for n in ("norm", "scanner", "half")
     }
@@ -142,22 +126,7 @@ def test_inference_on_an_image_without_brain_names_the_file(tmp_path):
     ckpt = tmp_path / "models"
     save_tiny_metaseg(ckpt)
     out = tmp_path / "out"
-    proc = run_bundle(
-        "run",
-        "inference",
-        "--config_file",
-        "configs/inference.json",
-        "--datalist",
-        json.dumps([str(tmp_path / "s" / "slice_norm.nii.gz")]),
-        "--output_dir",
-        str(out),
-        "--dataset_dir",
-        str(tmp_path),
-        "--ckpt_dir",
-        str(ckpt),
-        *TINY_NET,
-        check=False,
-    )
+    proc = run_inference_on_files([tmp_path / "s" / "slice_norm.nii.gz"], out, ckpt, check=False)
     assert proc.returncode != 0
     log = proc.stdout + proc.stderr
     assert "no brain found" in log and str(tmp_path / "s" / "slice_norm.nii.gz") in log

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO_ROOT, TINY_NET, save_tiny_metaseg
+from conftest import REPO_ROOT, TINY_NET, data_args, save_tiny_metaseg
 from monai.networks.nets import BasicUNet
 
 from scripts.demo_data import prepare_demo_data
@@ -57,12 +57,7 @@ def run_script(cwd: Path, *args: str) -> subprocess.CompletedProcess:
 def tiny_args(dataset_dir: Path, splits_file: Path, ckpt_dir: Path) -> list[str]:
     tiny_metaseg = [f"--set={k.lstrip('-')}={v}" for k, v in zip(TINY_NET[::2], TINY_NET[1::2])]
     return [
-        "--dataset_dir",
-        str(dataset_dir),
-        "--splits_file",
-        str(splits_file),
-        "--ckpt_dir",
-        str(ckpt_dir),
+        *data_args(dataset_dir, splits_file, ckpt_dir)[: -len(TINY_NET)],  # the data, without the bundle's --id form
         *tiny_metaseg,
         "--set",
         f"network_def#features={json.dumps(TINY_UNET_FEATURES)}",

@@ -6,7 +6,7 @@ import json
 
 import nibabel as nib
 import numpy as np
-from conftest import TINY_NET, run_bundle, save_tiny_metaseg
+from conftest import data_args, run_bundle, save_tiny_metaseg
 
 from scripts.demo_data import prepare_demo_data
 
@@ -31,17 +31,11 @@ def test_evaluating_the_shifted_split(tmp_path):
         EVAL,
         "--split",
         "test_shifted",
-        "--dataset_dir",
-        str(root),
-        "--splits_file",
-        splits_file,
-        "--ckpt_dir",
-        str(ckpt),
+        *data_args(root, splits_file, ckpt),
         "--output_dir",
         str(out),
         "--fit_steps",
         "2",
-        *TINY_NET,
     )
     summary = json.loads((out / "metrics_summary.json").read_text())
     assert summary["num_images"] == 2 and 0.0 <= summary["metrics"]["mean_dice"] <= 1.0
