@@ -22,7 +22,9 @@ class HeadFineTuneTrainer(PointLossTrainer):
     Every image is fitted by ``inferer`` (the same :class:`MetaSegInferer` used for inference) from the current
     network weights; its features are then decoded by the head and ``loss_function`` (logits ``[B, C, N]``, labels
     ``[B, 1, N]``) is minimised w.r.t. the head only, so ``optimizer`` must hold only head parameters. The trunk is
-    frozen in this stage, so each image's fit is computed once and cached by file name (``cache_fits=True``).
+    frozen in this stage, so each image's fit is computed once and cached by file name (``cache_fits=True``),
+    together with the label map it was fitted with: with random augmentation in the data pipeline, an image is seen
+    under the (rotation, flip, contrast, ...) drawn for it the first time, and features and labels always match.
     ``num_points`` random pixels per image (``None``: all) enter each loss.
     """
 
@@ -59,26 +61,31 @@ class HeadFineTuneTrainer(PointLossTrainer):
         self.num_points = num_points
         self.cache_fits = cache_fits
         self._fit_cache: dict[str, dict[str, torch.Tensor]] = {}
+        self._label_cache: dict[str, torch.Tensor] = {}
 
-    def _fitted_params(self, inputs: torch.Tensor, net: MetaSegINR) -> FitResult:
-        """Fit the batch (or reuse cached fits of the same files) with the inference-time fit."""
+    def _fitted_params(
+        self, inputs: torch.Tensor, targets: torch.Tensor, net: MetaSegINR
+    ) -> tuple[FitResult, torch.Tensor]:
+        """Fit the batch with the inference-time fit, or reuse cached fits of the same files with their labels."""
         names = getattr(inputs, "meta", {}).get("filename_or_obj") if self.cache_fits else None
         if names is None or any(n not in self._fit_cache for n in names):
             fit = self.inferer.fit(inputs, net)
             if names is not None:
                 for i, n in enumerate(names):
                     self._fit_cache[n] = {k: v[i] for k, v in fit.params.items()}
-            return fit
+                    self._label_cache[n] = targets[i].detach().to(torch.uint8)
+            return fit, targets
         params = {k: torch.stack([self._fit_cache[n][k] for n in names]) for k in self._fit_cache[names[0]]}
         spatial_shape = tuple(int(s) for s in inputs.shape[2:])
         coords = batch_coordinate_grid(inputs)
-        return FitResult(params=params, coords=coords, spatial_shape=spatial_shape)
+        labels = torch.stack([self._label_cache[n] for n in names]).to(targets.device)
+        return FitResult(params=params, coords=coords, spatial_shape=spatial_shape), labels
 
     def compute_loss(
         self, inputs: torch.Tensor, targets: torch.Tensor, net: MetaSegINR
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Segmentation loss of the head on the (cached) fitted features of a random subset of points."""
-        fit = self._fitted_params(inputs, net)
+        fit, targets = self._fitted_params(inputs, targets, net)
         label = flatten_image(convert_to_tensor(targets, track_meta=False).long())
         index = sample_points(fit.coords.shape[1], self.num_points, inputs.shape[0], inputs.device)
         with torch.no_grad():

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 from monai.handlers import ValidationHandler
+from monai.transforms import Randomizable
 
 from .checkpoint import CheckedCheckpointLoader
 from .io import AtomicCheckpointSaver
@@ -27,13 +28,39 @@ from .overrides import as_bool
 __all__ = ["RNGState", "TrainingCheckpointSaver", "ResumeCheckpointLoader", "ResumableValidationHandler"]
 
 
+def _randomizables(obj: Any, seen: set[int] | None = None) -> list[Randomizable]:
+    """``obj`` and every transform nested in it (``Compose``, lists, the array transforms a dictionary transform wraps)
+    that owns a random generator, in a fixed order."""
+    seen = set() if seen is None else seen
+    if id(obj) in seen:
+        return []
+    seen.add(id(obj))
+    found: list[Randomizable] = [obj] if isinstance(obj, Randomizable) else []
+    if isinstance(obj, (list, tuple)):
+        children = list(obj)
+    elif isinstance(obj, Randomizable) or hasattr(obj, "transforms"):
+        children = [
+            v for v in vars(obj).values() if isinstance(v, (Randomizable, list, tuple)) or hasattr(v, "transforms")
+        ]
+    else:
+        children = []
+    for child in children:
+        found += _randomizables(child, seen)
+    return found
+
+
 class RNGState:
     """The Python, NumPy and PyTorch (CPU, and CUDA when in use) random generator states, as a checkpoint object.
 
+    ``transforms`` (e.g. the training pipeline with its random augmentations): the generators of its MONAI
+    ``Randomizable`` transforms are saved and restored too.
     ``state_dict`` holds only tensors, ints and floats, so it loads with ``torch.load(weights_only=True)``.
-    Restoring it at an epoch boundary makes a resumed run draw the same shuffles and point samples as an
-    uninterrupted one.
+    Restoring it at an epoch boundary makes a resumed run draw the same shuffles, augmentations and point samples as
+    an uninterrupted one.
     """
+
+    def __init__(self, transforms: Any = None) -> None:
+        self.transforms = transforms
 
     def state_dict(self) -> dict[str, Any]:
         version, internal, gauss = random.getstate()
@@ -50,6 +77,11 @@ class RNGState:
         }
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             state["cuda"] = torch.cuda.get_rng_state_all()
+        for i, t in enumerate(_randomizables(self.transforms)):
+            _, keys, pos, has_gauss, cached = t.R.get_state()
+            state[f"transform{i}_keys"] = torch.from_numpy(np.asarray(keys, dtype=np.int64))
+            state[f"transform{i}_rest"] = torch.tensor([pos, has_gauss], dtype=torch.int64)
+            state[f"transform{i}_gauss"] = float(cached)
         return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -63,6 +95,12 @@ class RNGState:
         cuda = state.get("cuda")
         if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all([s.cpu() for s in cuda])
+        for i, t in enumerate(_randomizables(self.transforms)):
+            if f"transform{i}_keys" not in state:  # a checkpoint written before the augmentations' states were kept
+                break
+            pos, has_gauss = (int(v) for v in state[f"transform{i}_rest"].tolist())
+            keys = state[f"transform{i}_keys"].cpu().numpy().astype(np.uint32)
+            t.R.set_state(("MT19937", keys, pos, has_gauss, float(state[f"transform{i}_gauss"])))
 
 
 class TrainingCheckpointSaver(AtomicCheckpointSaver):
