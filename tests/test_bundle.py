@@ -68,7 +68,7 @@ def test_inference_writes_one_label_per_input_with_input_geometry(trained, tiny_
         np.testing.assert_allclose(seg.affine, src.affine, atol=1e-5)
         values = np.unique(np.asarray(seg.dataobj))
         assert values.min() >= 0 and values.max() <= 4
-    assert len(list(out.glob("*/*_seg.nii.gz"))) == 2 and len(inputs) == 7
+    assert len(list(out.glob("*/*_seg.nii.gz"))) == 2 and len(inputs) == 9  # 7 + 2 test_shifted subjects
 
 
 def test_inference_on_explicit_datalist(trained, tiny_dataset):
@@ -114,7 +114,7 @@ def test_prepare_data_run_id_generates_the_demo_layout(default_demo):
 
 
 def test_shipped_model_keeps_its_measured_dice(default_demo, tmp_path):
-    """models/model.pt on the demo test split (generator 2.0): 0.837 mean foreground Dice when shipped (docs/README.md)."""
+    """models/model.pt on the demo test split (generator 2.0): 0.837 mean foreground Dice when shipped (model card)."""
     state = torch.load(REPO_ROOT / "models" / "model.pt", weights_only=True)
     config_metaseg().load_state_dict(state)
     out = tmp_path / "eval"
