@@ -25,7 +25,7 @@ sys.path.insert(0, str(REPO_ROOT))  # `python benchmarks/<name>.py` from anywher
 # isort: split
 
 from scripts.demo_data import generate_subject  # noqa: E402
-from scripts.intensity import brain_intensity_range, otsu_threshold  # noqa: E402
+from scripts.intensity import brain_intensity_range, brain_threshold  # noqa: E402
 
 # the demo splits' subject indices (configs/train.json: 80 train, 20 val, 20 test, 20 test_shifted)
 VAL_FIRST_INDEX = 81
@@ -56,7 +56,7 @@ def percentile_reference(q: float) -> Callable[[torch.Tensor], torch.Tensor]:
 
 
 def zscore_over_brain(x: torch.Tensor) -> torch.Tensor:
-    brain = x[x > otsu_threshold(x.flatten())]
+    brain = x[x > brain_threshold(x.flatten())]
     return (x - brain.mean()) / brain.std()
 
 

@@ -63,7 +63,7 @@ sys.path.insert(0, str(REPO_ROOT))  # `python benchmarks/<name>.py` from anywher
 # isort: split
 
 from scripts.compare import require_weights  # noqa: E402
-from scripts.intensity import brain_intensity_range, otsu_threshold  # noqa: E402
+from scripts.intensity import brain_intensity_range, brain_threshold  # noqa: E402
 
 PREPROCESSING = "preprocessing#transforms"
 NORMALIZE = "[@normalize_intensity]"
@@ -255,9 +255,7 @@ def measure_bias_field(args: argparse.Namespace, sets: dict[str, Any], model: st
         item = load(parser.get_parsed_content(MODELS[model]["data"])[0])
         raw = torch.as_tensor(item["image"]).float()
         field = torch.as_tensor(bias(dict(item))["image"]).float() / raw.clamp_min(1e-12)
-        x = raw.flatten()
-        lo, hi = torch.quantile(x, 0.001).item(), torch.quantile(x, 0.999).item()
-        brain = raw > otsu_threshold(x.clamp(lo, hi))  # the brain as the normalization finds it
+        brain = raw > brain_threshold(raw.flatten())  # the brain as the normalization finds it
         _, reference = brain_intensity_range(raw)
         return {"bias_field_max_min": float(field[brain].max() / field[brain].min()), "brain_p75": reference}
 

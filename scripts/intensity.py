@@ -17,7 +17,13 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform, Transform
 from monai.utils import ImageMetaKey, convert_to_dst_type, convert_to_tensor
 
-__all__ = ["NormalizeBrainIntensity", "NormalizeBrainIntensityd", "brain_intensity_range", "otsu_threshold"]
+__all__ = [
+    "NormalizeBrainIntensity",
+    "NormalizeBrainIntensityd",
+    "brain_intensity_range",
+    "brain_threshold",
+    "otsu_threshold",
+]
 
 _QUANTILE_SAMPLE = 1 << 20  # torch.quantile's input limit is 2**24; a strided sample of this size is plenty
 
@@ -44,6 +50,13 @@ def _quantile(x: torch.Tensor, q: float) -> float:
     return float(torch.quantile(x, q))
 
 
+def brain_threshold(values: torch.Tensor) -> float:
+    """Otsu's threshold between background and brain of flattened image ``values``, computed between their 0.1th and
+    99.9th percentiles so that single hot voxels cannot move it (a constant range returns that value)."""
+    lo, hi = _quantile(values, 0.001), _quantile(values, 0.999)
+    return lo if hi <= lo else otsu_threshold(values.clamp(lo, hi))
+
+
 def brain_intensity_range(
     image: torch.Tensor, percentile: float = 75.0, min_brain_fraction: float = 0.005, source: str = "<image>"
 ) -> tuple[float, float]:
@@ -66,7 +79,7 @@ def brain_intensity_range(
         raise ValueError(
             f"{source}: no brain found for intensity normalization: 99.8% of the voxels share the value {lo:g}."
         )
-    threshold = otsu_threshold(x.clamp(lo, hi))
+    threshold = brain_threshold(x)
     brain = x[x > threshold]
     if brain.numel() < max(min_brain_fraction * x.numel(), 1):
         raise ValueError(
