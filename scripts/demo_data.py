@@ -345,7 +345,7 @@ def _synthesise(params: dict, pts: np.ndarray, shape: tuple[int, ...]) -> tuple[
         img[lost] = csf_level * (0.8 + 0.4 * sgm[lost])
 
     # non-brain rim left by skull stripping: patchy tissue and fluid just outside the brain, labelled background
-    outside = ndimage.distance_transform_edt(~head).astype(np.float32)
+    outside = _distance_inside(~head)
     rim_noise = _eval_coarse(params["rim_field"], pts, 8.0).reshape(2, *shape)
     rim = (outside > 0) & (outside <= params["rim_width"] * (1.0 + 0.6 * np.tanh(rim_noise[0])))
     rim &= rim_noise[1] > -0.3

@@ -50,10 +50,16 @@ def _quantile(x: torch.Tensor, q: float) -> float:
     return float(torch.quantile(x, q))
 
 
-def brain_threshold(values: torch.Tensor) -> float:
+def _robust_range(values: torch.Tensor) -> tuple[float, float]:
+    """The 0.1th and 99.9th percentiles of flattened image ``values``."""
+    return _quantile(values, 0.001), _quantile(values, 0.999)
+
+
+def brain_threshold(values: torch.Tensor, robust_range: tuple[float, float] | None = None) -> float:
     """Otsu's threshold between background and brain of flattened image ``values``, computed between their 0.1th and
-    99.9th percentiles so that single hot voxels cannot move it (a constant range returns that value)."""
-    lo, hi = _quantile(values, 0.001), _quantile(values, 0.999)
+    99.9th percentiles (``robust_range``, if already known) so that single hot voxels cannot move it (a constant range
+    returns that value)."""
+    lo, hi = _robust_range(values) if robust_range is None else robust_range
     return lo if hi <= lo else otsu_threshold(values.clamp(lo, hi))
 
 
@@ -74,12 +80,12 @@ def brain_intensity_range(
     x = convert_to_tensor(image, track_meta=False).detach().float().flatten()
     if x.numel() == 0 or not torch.isfinite(x).all():
         raise ValueError(f"{source}: cannot normalize the intensities of an empty or non-finite image.")
-    lo, hi = _quantile(x, 0.001), _quantile(x, 0.999)
+    lo, hi = _robust_range(x)
     if hi <= lo:
         raise ValueError(
             f"{source}: no brain found for intensity normalization: 99.8% of the voxels share the value {lo:g}."
         )
-    threshold = brain_threshold(x)
+    threshold = brain_threshold(x, (lo, hi))
     brain = x[x > threshold]
     if brain.numel() < max(min_brain_fraction * x.numel(), 1):
         raise ValueError(
