@@ -1,10 +1,17 @@
-"""How the intensity normalization's reference was chosen: which brain statistic puts white matter at one place.
+"""How the intensity normalization was chosen: which brain statistics put every tissue at one place.
 
-For each candidate (a percentile of the brain's intensities, or a z-score over the brain) this script normalizes the
-demo validation subjects (never the test splits) clean and under the perturbations of ``benchmarks/robustness.py``,
-and prints the median normalized white-matter intensity: its mean and its spread (standard deviation) over subjects
-and perturbations. The candidate with the smallest spread keeps the tissue contrast the network learned in one place
-whatever the scanner; ``scripts.intensity.NormalizeBrainIntensity`` uses it (results: docs/benchmarks.md).
+Part 1, the reference: for each candidate (a percentile of the brain's intensities, or a z-score over the brain) this
+script normalizes the demo validation subjects (never the test splits) clean and under the intensity perturbations of
+``benchmarks/robustness.py``, and prints the median normalized white-matter intensity: its mean and its spread
+(standard deviation) over subjects and perturbations. The candidate with the smallest spread keeps white matter in one
+place whatever the scanner.
+
+Part 2, the contrast: the linear map (background 0, reference 1) cannot undo a contrast change such as a gamma, which
+moves grey matter and CSF. The contrast-standardizing map (``contrast_percentile``: a power law that also sends a lower
+brain percentile to a fixed value) can; its ``contrast_value`` is measured here as the mean over the demo TRAINING
+subjects, and both maps are compared by the spread of the median normalized cortex, white matter and CSF over the
+validation subjects and perturbations. ``scripts.intensity.NormalizeBrainIntensity`` and the configs'
+``normalize_intensity`` use the result (docs/benchmarks.md).
 
     python benchmarks/intensity_reference.py --num_subjects 20
 """
@@ -25,10 +32,17 @@ sys.path.insert(0, str(REPO_ROOT))  # `python benchmarks/<name>.py` from anywher
 # isort: split
 
 from scripts.demo_data import generate_subject  # noqa: E402
-from scripts.intensity import brain_intensity_range, brain_threshold  # noqa: E402
+from scripts.intensity import (  # noqa: E402
+    NormalizeBrainIntensity,
+    brain_contrast_landmarks,
+    brain_intensity_range,
+    brain_threshold,
+)
 
 # the demo splits' subject indices (configs/train.json: 80 train, 20 val, 20 test, 20 test_shifted)
+NUM_TRAIN = 80
 VAL_FIRST_INDEX = 81
+TISSUES = {"cortex": 1, "white matter": 3, "CSF": 4}
 
 
 def perturbations(x: torch.Tensor, seed: int) -> Iterator[tuple[str, torch.Tensor]]:
@@ -64,6 +78,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--num_subjects", type=int, default=20, help="demo validation subjects (at most 20)")
     parser.add_argument("--seed", type=int, default=0, help="demo-data seed (configs: 0)")
+    parser.add_argument("--contrast_percentile", type=float, default=25.0, help="lower landmark of the power law")
     args = parser.parse_args()
 
     candidates = {f"brain p{q:g}": percentile_reference(q) for q in (50, 75, 90, 95, 99)}
@@ -83,7 +98,46 @@ def main() -> None:
         every = np.concatenate([rows[n] for n in names])
         cells = [f"{np.mean(rows[n]):.3f} ({np.std(rows[n]):.3f})" for n in names]
         print(f"| {cand} | " + " | ".join(cells) + f" | **{np.std(every) / abs(np.mean(every)):.3f}** |")
+
+    contrast_value = measure_contrast_value(args.seed, args.contrast_percentile)
+    print(
+        f"\ncontrast value (the brain's {args.contrast_percentile:g}th percentile after the linear map) over the "
+        f"{NUM_TRAIN} demo training subjects: mean {contrast_value[0]:.3f} (std {contrast_value[1]:.3f})\n"
+    )
+    maps = {
+        "linear (p75)": NormalizeBrainIntensity(),
+        f"power law (p75, p{args.contrast_percentile:g} -> {contrast_value[0]:.3f})": NormalizeBrainIntensity(
+            contrast_percentile=args.contrast_percentile, contrast_value=round(contrast_value[0], 3)
+        ),
+    }
+    print("median normalized tissue intensity over the validation subjects and perturbations: mean (std / mean)\n")
+    print("| map | " + " | ".join(f"{t}: {n}" for t in TISSUES for n in ("clean", "all")) + " |")
+    print("|---" * (2 * len(TISSUES) + 1) + "|")
+    for label, normalize in maps.items():
+        cells = []
+        for tissue, value in TISSUES.items():
+            per_perturbation: dict[str, list[float]] = {}
+            for i, (img, seg) in enumerate(subjects):
+                mask = torch.as_tensor(seg == value)
+                for name, x in perturbations(torch.as_tensor(img), seed=i):
+                    per_perturbation.setdefault(name, []).append(float(normalize(x[None])[0][mask].median()))
+            clean, every = np.array(per_perturbation["clean"]), np.concatenate(list(per_perturbation.values()))
+            cells += [
+                f"{clean.mean():.3f} ({clean.std() / clean.mean():.3f})",
+                f"{every.mean():.3f} ({every.std() / every.mean():.3f})",
+            ]
+        print(f"| {label} | " + " | ".join(cells) + " |")
     print(f"\ncommand: python benchmarks/intensity_reference.py --num_subjects {args.num_subjects}")
+
+
+def measure_contrast_value(seed: int, contrast_percentile: float) -> tuple[float, float]:
+    """Mean and std over the demo training subjects of the lower landmark after the linear map."""
+    ratios = []
+    for index in range(1, NUM_TRAIN + 1):
+        img, _ = generate_subject(seed, index)
+        background, low, reference = brain_contrast_landmarks(torch.as_tensor(img)[None], 75.0, contrast_percentile)
+        ratios.append((low - background) / (reference - background))
+    return float(np.mean(ratios)), float(np.std(ratios))
 
 
 if __name__ == "__main__":

@@ -280,6 +280,16 @@ def main(argv: list[str] | None = None) -> dict:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     ap.add_argument("--num_images", type=int, default=None, help="first N images of the split (default: all)")
+    ap.add_argument(
+        "--split", default="test", help="split of the perturbed rows (choose settings on 'val', report on 'test')"
+    )
+    ap.add_argument(
+        "--rows",
+        nargs="+",
+        default=None,
+        metavar="NAME",
+        help="perturbation rows to run, by name (default: all; 'clean' always runs first)",
+    )
     ap.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS), help="models to evaluate")
     ap.add_argument("--output", default=None, help="JSON file for the results (optional)")
     ap.add_argument("--dataset_dir", default=None, help="dataset folder (default: the configs' demo data)")
@@ -297,6 +307,11 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
     if args.num_images is not None and args.num_images < 1:
         ap.error("--num_images must be at least 1")
+    names = [name for name, _, _ in ROWS]
+    unknown_rows = sorted(set(args.rows or []) - set(names))
+    if unknown_rows:
+        ap.error(f"--rows: unknown rows {unknown_rows}; choose from {names}")
+    selected = [r for r in ROWS if args.rows is None or r[0] == "clean" or r[0] in args.rows]
     models = list(dict.fromkeys(args.models))
     try:
         sets = parse_sets(args.sets)
@@ -320,7 +335,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     rows = []
     start = time.perf_counter()
-    for name, transforms, split in ROWS:
+    for name, transforms, split in selected:
+        split = split or args.split
         row: dict[str, Any] = {"perturbation": name, "split": split, "transforms": transforms}
         for m in models:
             dice, count = evaluate(m, args, sets, transforms, split)
@@ -343,6 +359,7 @@ def main(argv: list[str] | None = None) -> dict:
         "brain_p75_first_image": field["brain_p75"],
         "sets": sets,
         "num_images": args.num_images,
+        "split": args.split,
         "seconds": time.perf_counter() - start,
         "command": command,
     }

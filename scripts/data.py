@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
+from typing import Any
 
-__all__ = ["LABEL_KEYS", "load_datalist", "image_datalist"]
+from monai.data import Dataset
+
+__all__ = ["LABEL_KEYS", "load_datalist", "image_datalist", "InputDataset", "transform_error_cause"]
 
 # splits-file entry key of the label map for each supported number of classes (background included)
 LABEL_KEYS = {5: "seg4", 25: "seg24"}
@@ -105,3 +108,34 @@ def image_datalist(paths: Sequence[str]) -> list[dict[str, str]]:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"input image not found: {path}")
     return [{"image": os.path.abspath(p)} for p in paths]
+
+
+def transform_error_cause(error: BaseException) -> BaseException:
+    """The exception that made a transform fail, out of MONAI's ``RuntimeError("applying transform <object at 0x..>")``
+    wrappers (``monai.transforms.apply_transform`` chains the real one as ``__cause__``)."""
+    cause = error
+    while isinstance(cause, RuntimeError) and str(cause).startswith("applying transform") and cause.__cause__:
+        cause = cause.__cause__
+    return cause
+
+
+class InputDataset(Dataset):
+    """MONAI ``Dataset`` whose transform errors carry their real reason.
+
+    A failing transform reaches the engine as ``RuntimeError: applying transform <...ValidateMetaSegInputd object at
+    0x7f..>``, and the log's ERROR line shows only that; here the error is re-raised as the underlying exception
+    (e.g. ``ValueError: /data/sub01/slice_norm.nii.gz: no brain found ...``), chained to MONAI's for the traceback.
+    """
+
+    def _transform(self, index: int) -> Any:
+        try:
+            return super()._transform(index)
+        except RuntimeError as e:
+            cause = transform_error_cause(e)
+            if cause is e:
+                raise
+            try:
+                error = type(cause)(*cause.args)
+            except Exception:  # an exception type that cannot be rebuilt from its args
+                error = RuntimeError(f"{type(cause).__name__}: {cause}")
+            raise error from e

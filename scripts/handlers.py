@@ -6,7 +6,6 @@ import json
 import logging
 import os
 import statistics
-import tempfile
 import time
 from collections.abc import Sequence
 from datetime import datetime, timezone
@@ -16,6 +15,7 @@ from ignite.engine import Engine, Events
 from monai.engines.utils import IterationEvents
 
 from .evaluator import FIT_TIME_KEY
+from .io import atomic_path
 
 __all__ = ["MetricsSummaryHandler", "InferenceTimer", "TrainingTimeRecorder", "INFER_TIME_KEY", "write_json_atomic"]
 
@@ -24,20 +24,8 @@ INFER_TIME_KEY = "infer_time"
 
 def write_json_atomic(obj: object, path: str) -> None:
     """``json.dump`` into a temporary file next to ``path``, then rename it into place."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
+        json.dump(obj, f, indent=2)
 
 
 class MetricsSummaryHandler:
@@ -168,7 +156,8 @@ class TrainingTimeRecorder:
     "finished"}`` is written under ``stages[stage]``, keeping the entries of other stages (e.g. meta-training and
     head fine-tuning of one model), and ``total_seconds`` is their sum. Written atomically; nothing is written for a
     run that fails. Validation inside the run counts (it is part of training). A run resumed from a checkpoint
-    (``--resume``) records ``"resumed": true``: its seconds cover the resumed part only (``iterations_timed``).
+    (``--resume``) records ``"resumed": true``: its seconds cover the resumed part only (``iterations_timed``); one
+    resumed after the stage had finished runs no iteration and leaves the stage's record unchanged.
 
     Args:
         filepath: the JSON file.
@@ -204,6 +193,10 @@ class TrainingTimeRecorder:
                     record = loaded
             except (OSError, ValueError):
                 pass
+        if self._first is None and self.stage in record["stages"]:
+            # resumed after the stage had finished: no iteration ran, the stage's record stays as it was
+            logging.getLogger(__name__).info(f"{self.stage}: already finished, {self.filepath} left unchanged.")
+            return
         record["stages"][self.stage] = {
             "seconds": round(time.perf_counter() - self._start, 3),
             "epochs": int(engine.state.epoch),

@@ -9,17 +9,19 @@ percentile was chosen is in ``docs/benchmarks.md`` (``benchmarks/intensity_refer
 
 from __future__ import annotations
 
+import math
 from collections.abc import Hashable, Mapping
 from typing import Any
 
 import torch
 from monai.config import KeysCollection
-from monai.transforms import MapTransform, Transform
+from monai.transforms import GaussianSmooth, MapTransform, Transform
 from monai.utils import ImageMetaKey, convert_to_dst_type, convert_to_tensor
 
 __all__ = [
     "NormalizeBrainIntensity",
     "NormalizeBrainIntensityd",
+    "brain_contrast_landmarks",
     "brain_intensity_range",
     "brain_threshold",
     "otsu_threshold",
@@ -99,32 +101,108 @@ def brain_intensity_range(
     return background, reference
 
 
+def brain_contrast_landmarks(
+    image: torch.Tensor,
+    percentile: float = 75.0,
+    contrast_percentile: float = 25.0,
+    smooth_sigma: float = 1.0,
+    noise_multiple: float = 3.0,
+    source: str = "<image>",
+) -> tuple[float, float, float]:
+    """``(background, low, reference)`` of a channel-first ``image``: the background level and two percentiles of the
+    brain's intensities, for a normalization that also standardizes contrast.
+
+    The statistics are taken on the image smoothed with a Gaussian of ``smooth_sigma`` pixels (noise barely moves
+    them). The brain is every voxel brighter than the background by more than ``noise_multiple`` times the
+    background's noise (its median absolute deviation; at least 2% of the intensity range): unlike Otsu's threshold,
+    that set does not change under a monotonic contrast change such as a gamma, so neither do the percentiles, and a
+    power law through them undoes the gamma. The background level and the no-brain checks are those of
+    :func:`brain_intensity_range`.
+
+    Raises:
+        ValueError: naming ``source``, when no brain can be found, or the brain has no contrast.
+    """
+    brain_intensity_range(image, percentile, source=source)  # the checks (empty, non-finite, constant, no brain)
+    x = convert_to_tensor(image, track_meta=False).detach().float()
+    if smooth_sigma > 0:
+        x = GaussianSmooth(smooth_sigma)(x)  # channel-first: every channel smoothed over the spatial axes
+    x = x.flatten()
+    lo, hi = _robust_range(x)
+    threshold = brain_threshold(x, (lo, hi))
+    below = x[x <= threshold]
+    background = float(below.median())
+    noise = 1.4826 * float((below - background).abs().median())
+    brain = x[x > background + max(noise_multiple * noise, 0.02 * (hi - background))]
+    low, reference = _quantile(brain, contrast_percentile / 100.0), _quantile(brain, percentile / 100.0)
+    if not background < low < reference:
+        raise ValueError(
+            f"{source}: cannot standardize the contrast: the brain's {contrast_percentile:g}th and {percentile:g}th "
+            f"percentiles ({low:g}, {reference:g}) do not rise above the background ({background:g})."
+        )
+    return background, low, reference
+
+
 class NormalizeBrainIntensity(Transform):
     """Map an image's background level to 0 and the ``percentile``-th percentile of its brain to 1, then clip.
+
+    With ``contrast_percentile`` set, the contrast is standardized too: the map becomes the power law
+    ``((x - background) / (reference - background)) ** p`` whose exponent ``p`` sends the brain's
+    ``contrast_percentile``-th percentile to ``contrast_value`` (landmarks from :func:`brain_contrast_landmarks`).
+    The result then no longer depends on a gamma-like contrast change between scanners or pipelines either.
 
     Args:
         percentile: brain percentile mapped to 1. 75 lands on white matter in T1 brain MRI and was the most stable
             choice across subjects and perturbations (``benchmarks/intensity_reference.py``).
         clip: output range; values below (background noise) and above (vessels, dura) are clipped.
         min_brain_fraction: smallest fraction of voxels that must lie above the background.
+        contrast_percentile: lower brain percentile whose normalized value is fixed (None: linear map only).
+        contrast_value: the value in (0, 1) that percentile is mapped to: its mean over the training images.
+        smooth_sigma: Gaussian sigma (pixels) of the smoothing applied to the statistics only, not the output.
+        max_exponent: the power law's exponent is clamped to ``[1 / max_exponent, max_exponent]``.
     """
 
     def __init__(
-        self, percentile: float = 75.0, clip: tuple[float, float] | None = (0.0, 2.0), min_brain_fraction: float = 0.005
+        self,
+        percentile: float = 75.0,
+        clip: tuple[float, float] | None = (0.0, 2.0),
+        min_brain_fraction: float = 0.005,
+        contrast_percentile: float | None = None,
+        contrast_value: float | None = None,
+        smooth_sigma: float = 1.0,
+        max_exponent: float = 4.0,
     ) -> None:
         if not 0.0 < percentile < 100.0:
             raise ValueError(f"percentile must lie in (0, 100), got {percentile}.")
+        if contrast_percentile is not None:
+            if not 0.0 < contrast_percentile < percentile:
+                raise ValueError(f"contrast_percentile must lie in (0, {percentile:g}), got {contrast_percentile}.")
+            if contrast_value is None or not 0.0 < contrast_value < 1.0:
+                raise ValueError(f"contrast_value must lie in (0, 1) with contrast_percentile, got {contrast_value}.")
+            if max_exponent < 1.0:
+                raise ValueError(f"max_exponent must be >= 1, got {max_exponent}.")
         self.percentile = float(percentile)
         self.clip = None if clip is None else (float(clip[0]), float(clip[1]))
         self.min_brain_fraction = float(min_brain_fraction)
+        self.contrast_percentile = None if contrast_percentile is None else float(contrast_percentile)
+        self.contrast_value = None if contrast_value is None else float(contrast_value)
+        self.smooth_sigma = float(smooth_sigma)
+        self.max_exponent = float(max_exponent)
 
     def __call__(self, img: Any, source: str | None = None) -> Any:
         if source is None:
             meta = getattr(img, "meta", None) or {}
             source = str(meta.get(ImageMetaKey.FILENAME_OR_OBJ, "<image>"))
-        background, reference = brain_intensity_range(img, self.percentile, self.min_brain_fraction, source)
         x = convert_to_tensor(img, track_meta=False).float()
-        out = (x - background) / (reference - background)
+        if self.contrast_percentile is None:
+            background, reference = brain_intensity_range(img, self.percentile, self.min_brain_fraction, source)
+            out = (x - background) / (reference - background)
+        else:
+            background, low, reference = brain_contrast_landmarks(
+                img, self.percentile, self.contrast_percentile, self.smooth_sigma, source=source
+            )
+            exponent = math.log(self.contrast_value) / math.log((low - background) / (reference - background))
+            exponent = min(max(exponent, 1.0 / self.max_exponent), self.max_exponent)
+            out = ((x - background) / (reference - background)).clamp_min(0.0) ** exponent
         if self.clip is not None:
             out = out.clamp(*self.clip)
         return convert_to_dst_type(out, img, dtype=torch.float32)[0]
@@ -139,10 +217,16 @@ class NormalizeBrainIntensityd(MapTransform):
         percentile: float = 75.0,
         clip: tuple[float, float] | None = (0.0, 2.0),
         min_brain_fraction: float = 0.005,
+        contrast_percentile: float | None = None,
+        contrast_value: float | None = None,
+        smooth_sigma: float = 1.0,
+        max_exponent: float = 4.0,
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
-        self.normalizer = NormalizeBrainIntensity(percentile, clip, min_brain_fraction)
+        self.normalizer = NormalizeBrainIntensity(
+            percentile, clip, min_brain_fraction, contrast_percentile, contrast_value, smooth_sigma, max_exponent
+        )
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)

@@ -7,9 +7,11 @@ Every file the bundle writes goes to a temporary name in the destination folder 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,43 +24,157 @@ from .transforms import SQUEEZED_AXES_KEY
 
 __all__ = [
     "SubjectFolderLayout",
+    "output_parent_levels",
     "AtomicNiftiWriter",
     "AtomicDiskSaver",
     "AtomicCheckpointSaver",
     "AtomicMetricsSaver",
     "check_writable_dir",
+    "atomic_path",
+    "remove_stale_temp_files",
 ]
+
+# hidden temporary files: ".<final name>.tmp<pid>.<random><suffix>", so a later run can tell a dead writer's leftovers
+_TEMP_NAME = re.compile(r"^\..+\.tmp(?P<pid>\d+)\.[^/]*$")
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@contextmanager
+def atomic_path(path: str | Path, suffix: str = "") -> Iterator[str]:
+    """A temporary path next to ``path`` to write to; renamed onto ``path`` when the block ends without error.
+
+    The file gets the permissions the user's umask gives new files (``mkstemp`` alone would leave 0600), its hidden
+    name carries this process's id (``remove_stale_temp_files`` removes it after a kill), and on any error it is
+    removed, so ``path`` is either the old file or the complete new one.
+    """
+    path = str(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.tmp{os.getpid()}.", suffix=suffix)
+    os.close(fd)
+    try:
+        os.chmod(tmp, 0o666 & ~_umask())
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def remove_stale_temp_files(folder: str | Path) -> list[str]:
+    """Remove the temporary files that killed runs of this bundle left under ``folder`` (those of live processes,
+    e.g. a concurrent run into the same folder, are kept); returns the removed paths."""
+    removed = []
+    if not os.path.isdir(folder):
+        return removed
+    for root, _, files in os.walk(folder):
+        for name in files:
+            match = _TEMP_NAME.match(name)
+            if match and not _pid_alive(int(match["pid"])):
+                path = os.path.join(root, name)
+                try:
+                    os.remove(path)
+                    removed.append(path)
+                except FileNotFoundError:
+                    pass
+    return removed
+
+
+_IMAGE_EXTENSIONS = (".nii.gz", ".nii", ".mgz", ".mgh", ".gz")
+
+
+def _output_key(path: str, parent_levels: int) -> tuple[tuple[str, ...], str]:
+    """``(last parent_levels parent folders, file name without its image extension)`` of an input path."""
+    path = os.path.abspath(str(path))
+    stem = os.path.basename(path)
+    for ext in _IMAGE_EXTENSIONS:
+        if stem.endswith(ext):
+            stem = stem[: -len(ext)]
+            break
+    parents = [p for p in os.path.dirname(path).split(os.sep) if p]
+    return tuple(parents[len(parents) - parent_levels :] if parent_levels < len(parents) else parents), stem
+
+
+def output_parent_levels(paths: Sequence[str]) -> int:
+    """The fewest parent folders (at least 1) that :class:`SubjectFolderLayout` must keep so that no two of the input
+    ``paths`` get the same output name, e.g. 2 for ``siteA/sub01/T1.nii.gz`` and ``siteB/sub01/T1.nii.gz``.
+
+    Raises:
+        ValueError: naming the inputs, when the same image is listed twice or two inputs differ only in their
+            extension (``T1.nii`` and ``T1.nii.gz`` in one folder), which no number of folders can tell apart.
+    """
+    paths = [os.path.abspath(str(p)) for p in paths]
+    repeated = sorted({p for p in paths if paths.count(p) > 1})
+    if repeated:
+        raise ValueError(
+            f"the datalist lists the same image more than once: {repeated}; each output would be written twice."
+        )
+    depth = max((len([p for p in os.path.dirname(path).split(os.sep) if p]) for path in paths), default=1)
+    for levels in range(1, max(depth, 1) + 1):
+        seen: dict[tuple, str] = {}
+        clashes = []
+        for path in paths:
+            key = _output_key(path, levels)
+            if key in seen:
+                clashes.append((seen[key], path))
+            seen.setdefault(key, path)
+        if not clashes:
+            return levels
+    raise ValueError(
+        f"inputs that differ only in their file extension would get the same output name: {clashes}; rename one or "
+        "segment them in separate runs with different --output_dir."
+    )
 
 
 class SubjectFolderLayout(FolderLayoutBase):
-    """``<output_dir>/<input's parent folder>/<input stem>_<postfix><extension>``.
+    """``<output_dir>/<input's parent folder(s)>/<input stem>_<postfix><extension>``.
 
     In the neurite-oasis layout every subject folder holds a ``slice_norm.nii.gz``; keeping the subject folder in the
     output path means inputs sharing a file name never overwrite each other, e.g.
     ``OASIS_OAS1_0001_MR1/slice_norm.nii.gz`` -> ``<output_dir>/OASIS_OAS1_0001_MR1/slice_norm_seg.nii.gz``.
-    Use as ``SaveImaged(folder_layout=SubjectFolderLayout(...))``.
+    ``parent_levels`` keeps more folders where one is not enough (``siteA/sub01/T1.nii.gz`` and
+    ``siteB/sub01/T1.nii.gz``: 2, see :func:`output_parent_levels`). The whole image extension is dropped
+    (``T1.mgz`` -> ``T1_seg.nii.gz``). Use as ``SaveImaged(folder_layout=SubjectFolderLayout(...))``.
     """
 
     def __init__(
-        self, output_dir: str, postfix: str = "seg", extension: str = ".nii.gz", makedirs: bool = True
+        self,
+        output_dir: str,
+        postfix: str = "seg",
+        extension: str = ".nii.gz",
+        makedirs: bool = True,
+        parent_levels: int = 1,
     ) -> None:
+        if parent_levels < 1:
+            raise ValueError(f"parent_levels must be >= 1, got {parent_levels}.")
         self.output_dir = output_dir
         self.postfix = postfix
         self.extension = extension if extension.startswith(".") else f".{extension}"
         self.makedirs = makedirs
+        self.parent_levels = int(parent_levels)
 
     def filename(self, subject: str = "subject", idx: int | None = None, **kwargs: object) -> str:
-        path = str(subject)
-        parent = os.path.basename(os.path.dirname(os.path.abspath(path)))
-        stem = os.path.basename(path)
-        for ext in (".nii.gz", ".nii", ".mgz", ".mgh", ".gz"):
-            if stem.endswith(ext):
-                stem = stem[: -len(ext)]
-                break
+        parents, stem = _output_key(str(subject), self.parent_levels)
         name = f"{stem}_{self.postfix}" if self.postfix else stem
         if idx is not None:
             name += f"_{idx}"
-        folder = os.path.join(self.output_dir, parent)
+        folder = os.path.join(self.output_dir, *parents)
         if self.makedirs:
             os.makedirs(folder, exist_ok=True)
         return os.path.join(folder, name + self.extension)
@@ -89,18 +205,9 @@ class AtomicNiftiWriter(NibabelWriter):
 
     def write(self, filename: Any, verbose: bool = False, **obj_kwargs: Any) -> None:
         filename = str(filename)
-        folder = os.path.dirname(os.path.abspath(filename))
-        os.makedirs(folder, exist_ok=True)
         suffix = ".nii.gz" if filename.endswith(".nii.gz") else os.path.splitext(filename)[1]
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(filename)}.", suffix=suffix)
-        os.close(fd)
-        try:
+        with atomic_path(filename, suffix=suffix) as tmp:
             super().write(tmp, verbose=verbose, **obj_kwargs)
-            os.replace(tmp, filename)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise
 
 
 class AtomicDiskSaver(DiskSaver):

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import colorsys
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
+
+from .io import atomic_path
 
 __all__ = [
     "label_palette",
@@ -298,18 +298,6 @@ def save_png(image: Any, path: str) -> str:
 
     if isinstance(image, np.ndarray):
         image = Image.fromarray(image)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".png")
-    os.close(fd)
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
+    with atomic_path(path, suffix=".png") as tmp:
         image.save(tmp, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
     return path

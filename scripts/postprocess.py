@@ -96,6 +96,7 @@ class SaveOverlayd(MapTransform):
         num_classes: number of classes, background included (colours).
         alpha: opacity of the label colours.
         transpose: show the first array axis horizontally (neurite-oasis coronal slices upright).
+        parent_levels: input parent folders kept in the output path (as for the label output).
     """
 
     def __init__(
@@ -109,6 +110,7 @@ class SaveOverlayd(MapTransform):
         num_classes: int = 5,
         alpha: float = 0.5,
         transpose: bool = True,
+        parent_levels: int = 1,
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
@@ -116,7 +118,7 @@ class SaveOverlayd(MapTransform):
             raise ValueError(f"SaveOverlayd takes one label key, got {self.keys}.")
         self.image_key = image_key
         self.inverter = Invertd(image_key, transform=transform, orig_keys=image_key) if transform is not None else None
-        self.layout = SubjectFolderLayout(output_dir, postfix=postfix, extension=".png")
+        self.layout = SubjectFolderLayout(output_dir, postfix=postfix, extension=".png", parent_levels=parent_levels)
         self.enabled = as_bool(enabled, "save_overlay")
         self.num_classes = num_classes
         self.alpha = alpha

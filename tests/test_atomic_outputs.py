@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import stat
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 import torch
 from ignite.engine import Engine, Events
 from monai.handlers import CheckpointSaver
 
-from scripts.handlers import MetricsSummaryHandler
-from scripts.io import AtomicCheckpointSaver, AtomicMetricsSaver, AtomicNiftiWriter
+from scripts.handlers import MetricsSummaryHandler, write_json_atomic
+from scripts.io import AtomicCheckpointSaver, AtomicMetricsSaver, AtomicNiftiWriter, remove_stale_temp_files
 from scripts.network import MetaSegINR
 from scripts.resume import TrainingCheckpointSaver
 
@@ -146,3 +149,60 @@ def _truncate(path: str) -> None:
     data = Path(path).read_bytes()
     Path(path).write_bytes(data[: len(data) // 2])
     raise DiskFull("no space left on device (injected)")
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_atomic_files_get_the_umask_permissions(tmp_path, umask):
+    """Files written through ``atomic_path`` (segmentations, JSON, PNG) are as readable as the user's umask says."""
+    old = os.umask(umask)
+    try:
+        write_json_atomic({"a": 1}, str(tmp_path / "summary.json"))
+        writer = AtomicNiftiWriter()
+        writer.set_data_array(np.zeros((1, 8, 8), np.uint8), channel_dim=0)
+        writer.set_metadata({"affine": np.eye(4)}, resample=False)
+        writer.write(str(tmp_path / "seg.nii.gz"))
+    finally:
+        os.umask(old)
+    for name in ("summary.json", "seg.nii.gz"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o666 & ~umask, name
+
+
+def test_stale_temp_files_of_dead_writers_are_removed(tmp_path):
+    """A kill -9 leaves ``.<name>.tmp<pid>.*``; the next run removes those of dead processes, not a live one's."""
+    sub = tmp_path / "OASIS_OAS1_0001_MR1"
+    sub.mkdir()
+    dead = sub / ".slice_norm_seg.nii.gz.tmp999999999.x1y2.nii.gz"
+    live = sub / f".slice_norm_seg.nii.gz.tmp{os.getpid()}.a9b8.nii.gz"
+    other = sub / ".hidden_user_file.nii.gz"
+    for path in (dead, live, other):
+        path.write_bytes(b"partial")
+    assert remove_stale_temp_files(tmp_path) == [str(dead)]
+    assert not dead.exists() and live.exists() and other.exists()
+    assert remove_stale_temp_files(tmp_path / "missing") == []
+
+
+def test_inference_cleans_a_killed_runs_temp_files_and_keeps_umask(tmp_path):
+    """End to end: ``run inference`` into a folder holding a killed run's temp file removes it; outputs are 0644
+    under umask 022 (they were 0600 before)."""
+    from conftest import run_inference_on_files, save_tiny_metaseg
+
+    from scripts.demo_data import generate_subject
+
+    img, _ = generate_subject(0, 1)
+    (tmp_path / "in" / "sub01").mkdir(parents=True)
+    nib.save(nib.Nifti1Image(img.astype(np.float32), np.eye(4)), str(tmp_path / "in" / "sub01" / "slice_norm.nii.gz"))
+    out = tmp_path / "out"
+    (out / "sub01").mkdir(parents=True)
+    stale = out / "sub01" / ".slice_norm_seg.nii.gz.tmp999999999.abcd.nii.gz"
+    stale.write_bytes(b"partial")
+    ckpt = tmp_path / "models"
+    save_tiny_metaseg(ckpt)
+    old = os.umask(0o022)
+    try:
+        run_inference_on_files([tmp_path / "in" / "sub01" / "slice_norm.nii.gz"], out, ckpt, "--fit_steps", "2")
+    finally:
+        os.umask(old)
+    assert not stale.exists()
+    seg = out / "sub01" / "slice_norm_seg.nii.gz"
+    assert stat.S_IMODE(seg.stat().st_mode) == 0o644
+    assert sorted(p.name for p in (out / "sub01").iterdir()) == ["slice_norm_seg.nii.gz"]

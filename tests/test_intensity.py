@@ -12,7 +12,13 @@ from conftest import REPO_ROOT, run_inference_on_files, save_tiny_metaseg
 from monai.data import MetaTensor
 
 from scripts.demo_data import generate_subject
-from scripts.intensity import NormalizeBrainIntensity, NormalizeBrainIntensityd, brain_intensity_range, otsu_threshold
+from scripts.intensity import (
+    NormalizeBrainIntensity,
+    NormalizeBrainIntensityd,
+    brain_contrast_landmarks,
+    brain_intensity_range,
+    otsu_threshold,
+)
 
 CONFIGS = ["configs/train.json", "configs/train_unet.json", "configs/inference.json"]
 
@@ -47,6 +53,75 @@ def test_white_matter_lands_near_one(slice_and_labels):
     assert background == pytest.approx(0.0, abs=1e-6) and 0.38 < reference < 0.5  # norm/255: white matter ~0.43
 
 
+def _contrast_map(config: str = "configs/inference.json") -> NormalizeBrainIntensity:
+    """The shipped configs' normalization (power law through the brain's 25th and 75th percentiles)."""
+    args = json.loads((REPO_ROOT / config).read_text())["normalize_intensity"]
+    return NormalizeBrainIntensity(
+        percentile=args["percentile"],
+        contrast_percentile=args["contrast_percentile"],
+        contrast_value=args["contrast_value"],
+    )
+
+
+@pytest.mark.parametrize("gamma", [0.6, 0.8, 1.3, 1.6])
+def test_contrast_standardization_undoes_a_gamma(slice_and_labels, gamma):
+    """A gamma on the image (MONAI's ``AdjustContrast``, as another scanner's contrast) leaves every tissue where it
+    was; the linear map alone moves cortex and CSF by far more."""
+    from monai.transforms import AdjustContrast
+
+    img, seg = slice_and_labels
+    changed = AdjustContrast(gamma)(img)
+    for norm, tolerance in ((_contrast_map(), 0.03), (NormalizeBrainIntensity(), None)):
+        clean, out = norm(img)[0].numpy(), norm(changed)[0].numpy()
+        moved = [abs(float(np.median(out[seg == c]) - np.median(clean[seg == c]))) for c in (1, 2, 3, 4)]
+        if tolerance is not None:
+            assert max(moved) < tolerance, moved
+        else:
+            assert max(moved) > 0.05, moved  # the test image is sensitive: the linear map does move
+
+
+@pytest.mark.parametrize("scale, offset", [(0.5, 0.0), (255.0 * 9.3, 64.0), (1.0, 0.1)])
+def test_contrast_standardization_invariant_to_scale_and_offset(slice_and_labels, scale, offset):
+    img, _ = slice_and_labels
+    norm = _contrast_map()
+    np.testing.assert_allclose(norm(img * scale + offset), norm(img), atol=1e-3)
+
+
+def test_contrast_value_is_the_training_subjects_mean():
+    """``contrast_value`` in every config is the mean landmark of the demo training subjects (here: the first 20 of
+    them, which agree within the subjects' spread), so the shipped map leaves typical training images unchanged."""
+    ratios = []
+    for index in range(1, 21):
+        img, _ = generate_subject(0, index)
+        background, low, reference = brain_contrast_landmarks(torch.as_tensor(img)[None])
+        ratios.append((low - background) / (reference - background))
+    for name in CONFIGS:
+        value = json.loads((REPO_ROOT / name).read_text())["normalize_intensity"]["contrast_value"]
+        assert abs(value - float(np.mean(ratios))) < 0.015, (name, value, float(np.mean(ratios)))
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"contrast_percentile": 25.0}, "contrast_value"),
+        ({"contrast_percentile": 25.0, "contrast_value": 1.2}, "contrast_value"),
+        ({"contrast_percentile": 80.0, "contrast_value": 0.5}, "contrast_percentile"),
+        ({"contrast_percentile": 25.0, "contrast_value": 0.5, "max_exponent": 0.5}, "max_exponent"),
+    ],
+)
+def test_contrast_arguments_are_checked(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        NormalizeBrainIntensity(**kwargs)
+
+
+def test_contrast_map_on_an_image_without_brain_names_the_file():
+    x = torch.zeros(1, 64, 64)
+    x[0, 10, 10] = 1.0
+    with pytest.raises(ValueError, match="no brain found") as err:
+        _contrast_map()(MetaTensor(x, meta={"filename_or_obj": "/data/empty.nii.gz"}))
+    assert "/data/empty.nii.gz" in str(err.value)
+
+
 def test_dict_version_keeps_metadata_and_dtype(slice_and_labels):
     img, _ = slice_and_labels
     mt = MetaTensor((img * 1000).to(torch.int16), meta={"filename_or_obj": "a.nii.gz"})
@@ -72,9 +147,10 @@ def test_no_brain_is_a_clear_error(case, message):
 
 def test_every_config_normalizes_before_padding():
     """Training, validation, inference and the U-Net baseline all read the same named normalization step."""
+    first = json.loads((REPO_ROOT / CONFIGS[0]).read_text())["normalize_intensity"]
     for name in CONFIGS:
         config = json.loads((REPO_ROOT / name).read_text())
-        assert config["normalize_intensity"]["_target_"] == "scripts.intensity.NormalizeBrainIntensityd", name
+        assert config["normalize_intensity"] == first, name
         pipeline = config["preprocessing"]["transforms"]
         assert pipeline == "$@load_transforms + [@normalize_intensity] + @spatial_transforms", name
         if "augmented_preprocessing" in config:
@@ -131,3 +207,17 @@ def test_inference_on_an_image_without_brain_names_the_file(tmp_path):
     log = proc.stdout + proc.stderr
     assert "no brain found" in log and str(tmp_path / "s" / "slice_norm.nii.gz") in log
     assert not out.exists() or not list(out.rglob("*.nii.gz"))
+
+
+def test_the_error_line_carries_the_real_reason(tmp_path):
+    """The log's ERROR line names the file and the problem, not ``applying transform <... object at 0x...>``."""
+    (tmp_path / "s").mkdir()
+    _write(tmp_path / "s" / "slice_norm.nii.gz", np.zeros((160, 192), np.float32), np.float32)
+    ckpt = tmp_path / "models"
+    save_tiny_metaseg(ckpt)
+    proc = run_inference_on_files([tmp_path / "s" / "slice_norm.nii.gz"], tmp_path / "out", ckpt, check=False)
+    assert proc.returncode != 0
+    errors = [line for line in (proc.stdout + proc.stderr).splitlines() if " ERROR " in line or "ERROR -" in line]
+    assert errors, proc.stdout + proc.stderr
+    assert any("image is constant" in line and "s/slice_norm.nii.gz" in line for line in errors), errors
+    assert not any("object at 0x" in line for line in errors), errors

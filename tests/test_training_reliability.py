@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -183,3 +184,28 @@ def test_fresh_run_discards_an_earlier_runs_checkpoints(reference, tiny_dataset,
     assert _epochs_completed(log, "MetaSegTrainer") == [1, 2]
     assert _trainer_state(models / "checkpoint_meta.pt")["iteration"] == 2 * NUM_TRAIN
     assert _trainer_state(models / "checkpoint_head.pt")["iteration"] == NUM_TRAIN
+
+
+def test_resuming_a_finished_stage_keeps_its_time_record(tmp_path):
+    """``--resume true`` on a stage that had finished runs no iteration and must not rewrite its record (it wrote
+    "meta-training took 0.03 s" before)."""
+    from ignite.engine import Engine, Events
+
+    from scripts.handlers import TrainingTimeRecorder
+
+    path = tmp_path / "model_train_time.json"
+    first = Engine(lambda engine, batch: None)
+    TrainingTimeRecorder(str(path), stage="meta_training").attach(first)
+    first.run(range(4), max_epochs=2)
+    before = path.read_text()
+    assert json.loads(before)["stages"]["meta_training"]["iterations"] == 8
+
+    resumed = Engine(lambda engine, batch: None)
+
+    @resumed.on(Events.STARTED)
+    def restore_finished_state(engine):  # what the resume handler does with a finished stage's checkpoint
+        engine.state.epoch, engine.state.iteration = 2, 8
+
+    TrainingTimeRecorder(str(path), stage="meta_training").attach(resumed)
+    resumed.run(range(4), max_epochs=2)
+    assert path.read_text() == before

@@ -1,0 +1,80 @@
+"""Output names are unique by construction: inputs that share a file name keep enough of their path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from conftest import run_inference_on_files, save_tiny_metaseg
+
+from scripts.demo_data import generate_subject
+from scripts.io import SubjectFolderLayout, output_parent_levels
+
+
+@pytest.mark.parametrize(
+    "paths, levels",
+    [
+        (["/d/OAS1_0001/slice_norm.nii.gz", "/d/OAS1_0002/slice_norm.nii.gz"], 1),
+        (["/siteA/sub01/T1.nii.gz", "/siteB/sub01/T1.nii.gz"], 2),
+        (["/d/s1/baseline/T1.nii.gz", "/d/s2/baseline/T1.nii.gz", "/d/s2/followup/T1.nii.gz"], 2),
+        (["/x/T1.nii.gz", "/y/x/T1.nii.gz"], 2),
+        (["/a/T1.nii.gz", "/a/T2.nii.gz"], 1),
+        (["/a/T1.mgz"], 1),
+    ],
+)
+def test_fewest_parent_folders_that_keep_outputs_apart(paths, levels):
+    assert output_parent_levels(paths) == levels
+    names = [SubjectFolderLayout("/out", makedirs=False, parent_levels=levels).filename(p) for p in paths]
+    assert len(set(names)) == len(names), names
+
+
+def test_layout_drops_the_whole_extension_and_keeps_the_folders():
+    layout = SubjectFolderLayout("/out", makedirs=False, parent_levels=2)
+    assert layout.filename("/data/siteA/sub01/T1.nii.gz") == "/out/siteA/sub01/T1_seg.nii.gz"
+    assert layout.filename("/data/siteA/sub01/T1.mgz") == "/out/siteA/sub01/T1_seg.nii.gz"
+    with pytest.raises(ValueError, match="parent_levels"):
+        SubjectFolderLayout("/out", parent_levels=0)
+
+
+@pytest.mark.parametrize(
+    "paths, message",
+    [
+        (["/a/T1.nii.gz", "/b/../a/T1.nii.gz"], "same image more than once"),
+        (["/a/T1.nii", "/a/T1.nii.gz"], "differ only in their file extension"),
+    ],
+)
+def test_inputs_no_folder_can_tell_apart_are_an_error(paths, message):
+    with pytest.raises(ValueError, match=message) as err:
+        output_parent_levels(paths)
+    assert "/a/T1.nii" in str(err.value)
+
+
+def _write_slice(path: Path) -> Path:
+    img, _ = generate_subject(0, 1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(img.astype(np.float32), np.eye(4)), str(path))
+    return path
+
+
+def test_inference_keeps_two_sites_apart(tmp_path):
+    """``siteA/sub01/T1.nii.gz`` and ``siteB/sub01/T1.nii.gz`` give two outputs (one overwrote the other before)."""
+    files = [_write_slice(tmp_path / site / "sub01" / "T1.nii.gz") for site in ("siteA", "siteB")]
+    ckpt = tmp_path / "models"
+    save_tiny_metaseg(ckpt)
+    out = tmp_path / "out"
+    run_inference_on_files(files, out, ckpt, "--fit_steps", "2")
+    written = sorted(str(p.relative_to(out)) for p in out.rglob("*.nii.gz"))
+    assert written == ["siteA/sub01/T1_seg.nii.gz", "siteB/sub01/T1_seg.nii.gz"]
+
+
+def test_inference_refuses_a_repeated_input_before_any_work(tmp_path):
+    image = _write_slice(tmp_path / "sub01" / "T1.nii.gz")
+    ckpt = tmp_path / "models"
+    save_tiny_metaseg(ckpt)
+    out = tmp_path / "out"
+    proc = run_inference_on_files([image, image], out, ckpt, check=False)
+    assert proc.returncode != 0
+    assert "same image more than once" in proc.stdout + proc.stderr and str(image) in proc.stdout + proc.stderr
+    assert not out.exists() or not list(out.rglob("*.nii.gz"))
