@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -12,7 +12,14 @@ from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint
 from monai.handlers import CheckpointLoader
 
-__all__ = ["read_checkpoint", "architecture_of", "check_state_dict", "load_network_checked", "CheckedCheckpointLoader"]
+__all__ = [
+    "read_checkpoint",
+    "architecture_of",
+    "check_state_dict",
+    "load_network_checked",
+    "CheckedCheckpointLoader",
+    "check_weights_replaceable",
+]
 
 
 def read_checkpoint(path: str, map_location: Any = None) -> Mapping[str, Any]:
@@ -156,3 +163,26 @@ class CheckedCheckpointLoader(CheckpointLoader):
 
     def __call__(self, engine: Engine) -> None:
         self.load(engine, self.load_dict)
+
+
+def check_weights_replaceable(
+    ckpt_dir: str, filenames: Sequence[str], replace: Any = False, resume: Any = False
+) -> None:
+    """Refuse to start a training run that would replace weights already in ``ckpt_dir`` (e.g. the shipped
+    ``models/model.pt``) unless asked to: ``replace`` true (``--replace_weights true``), or ``resume`` true (a resumed
+    run continues the run that wrote them).
+
+    Raises:
+        FileExistsError: naming the files and the two ways on: another ``--ckpt_dir``, or ``--replace_weights true``.
+    """
+    from .overrides import as_bool
+
+    if as_bool(replace, "replace_weights") or as_bool(resume, "resume"):
+        return
+    existing = [name for name in filenames if os.path.isfile(os.path.join(ckpt_dir, name))]
+    if existing:
+        raise FileExistsError(
+            f"ckpt_dir {ckpt_dir} already holds {', '.join(existing)}, which this training run would replace. "
+            "Train into another folder with --ckpt_dir DIR (then copy DIR/<file> where you want it), or pass "
+            "--replace_weights true to replace them."
+        )

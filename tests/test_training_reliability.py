@@ -209,3 +209,38 @@ def test_resuming_a_finished_stage_keeps_its_time_record(tmp_path):
     TrainingTimeRecorder(str(path), stage="meta_training").attach(resumed)
     resumed.run(range(4), max_epochs=2)
     assert path.read_text() == before
+
+
+@pytest.mark.parametrize(
+    "config, weights", [("configs/train.json", "model.pt"), ("configs/train_unet.json", "unet.pt")]
+)
+def test_training_never_replaces_weights_by_surprise(tiny_dataset, tmp_path, config, weights):
+    """A training run into a folder that holds weights (the default ``models/`` holds the shipped ones) stops before
+    any work, names the file and the ways on, and leaves the folder as it was."""
+    dataset_dir, splits = tiny_dataset
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / weights).write_bytes(b"the shipped weights")
+    paths = ["--dataset_dir", str(dataset_dir), "--splits_file", str(splits), "--ckpt_dir", str(models)]
+    proc = run_bundle(
+        "run", "training", "--config_file", config, *paths, "--output_dir", str(tmp_path / "eval"), check=False
+    )
+    log = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert f"already holds {weights}" in log and "--replace_weights true" in log and "--ckpt_dir" in log
+    assert sorted(p.name for p in models.iterdir()) == [weights]
+    assert (models / weights).read_bytes() == b"the shipped weights"
+
+
+def test_weights_guard_allows_resume_replace_and_new_folders(tmp_path):
+    from scripts.checkpoint import check_weights_replaceable
+
+    (tmp_path / "meta_model.pt").write_bytes(b"x")
+    check_weights_replaceable(str(tmp_path), ["model.pt"])  # finetune_head reads meta_model.pt, writes model.pt
+    check_weights_replaceable(str(tmp_path / "new"), ["meta_model.pt", "model.pt"])
+    check_weights_replaceable(str(tmp_path), ["meta_model.pt"], replace="true")
+    check_weights_replaceable(str(tmp_path), ["meta_model.pt"], resume=True)
+    with pytest.raises(FileExistsError, match="meta_model.pt"):
+        check_weights_replaceable(str(tmp_path), ["meta_model.pt", "model.pt"], replace="false")
+    with pytest.raises(ValueError, match="--replace_weights must be true or false"):
+        check_weights_replaceable(str(tmp_path), ["meta_model.pt"], replace="maybe")
