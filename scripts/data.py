@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
+import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from monai.data import Dataset
 
-__all__ = ["LABEL_KEYS", "load_datalist", "image_datalist", "InputDataset", "transform_error_cause"]
+__all__ = ["LABEL_KEYS", "load_datalist", "image_datalist", "InputDataset", "InputCheck", "transform_error_cause"]
 
 # splits-file entry key of the label map for each supported number of classes (background included)
 LABEL_KEYS = {5: "seg4", 25: "seg24"}
@@ -139,3 +142,79 @@ class InputDataset(Dataset):
             except Exception:  # an exception type that cannot be rebuilt from its args
                 error = RuntimeError(f"{type(cause).__name__}: {cause}")
             raise error from e
+
+
+class InputCheck:
+    """Check every input of a batch run before the first fit, and optionally segment the rest when some fail.
+
+    Called on the datalist, it applies the workflow's ``transform`` (loading, input checks, intensity normalization)
+    to every item and collects the failures with their real reason. Without ``skip_failed`` any failure stops the run
+    before any work, listing every bad file at once (not only the first). With ``skip_failed`` the good items are
+    returned, the failures are written to ``report_path`` (CSV: ``image,error``) and :meth:`finish`, run after the
+    workflow, raises so that the run exits non-zero.
+
+    Args:
+        transform: the workflow's preprocessing (a callable on one datalist item).
+        skip_failed: segment the inputs that pass and report the others (``true``/``false`` from the command line).
+        report_path: the failures CSV; removed when a run has no failures, so it never describes an older run.
+        image_key: the datalist key naming the input file.
+    """
+
+    def __init__(
+        self, transform: Callable, skip_failed: Any = False, report_path: str | None = None, image_key: str = "image"
+    ) -> None:
+        from .overrides import as_bool
+
+        self.transform = transform
+        self.skip_failed = as_bool(skip_failed, "skip_failed")
+        self.report_path = report_path
+        self.image_key = image_key
+        self.failures: list[tuple[str, str]] = []
+        self.total = 0
+
+    def __call__(self, data: Sequence[dict]) -> list[dict]:
+        self.failures, self.total, passed = [], len(data), []
+        for item in data:
+            try:
+                self.transform(dict(item))
+            except Exception as e:  # noqa: BLE001 - every failure is reported with its reason
+                cause = transform_error_cause(e)
+                self.failures.append((str(item.get(self.image_key)), f"{type(cause).__name__}: {cause}"))
+            else:
+                passed.append(item)
+        self._write_report()
+        if self.failures and not self.skip_failed:
+            raise ValueError(f"{self._summary()} (nothing was segmented; --skip_failed true segments the others)")
+        if self.failures:
+            logging.getLogger(__name__).error(f"{self._summary()}; segmenting the other {len(passed)}.")
+        if not passed:
+            raise ValueError(f"{self._summary()}: no input left to segment.")
+        return passed
+
+    def _summary(self) -> str:
+        lines = "".join(f"\n  {image}: {error}" for image, error in self.failures)
+        return f"{len(self.failures)} of {self.total} inputs cannot be segmented:{lines}"
+
+    def _write_report(self) -> None:
+        if self.report_path is None:
+            return
+        if not self.failures:
+            if os.path.isfile(self.report_path):
+                os.remove(self.report_path)
+            return
+        from .io import atomic_path
+
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(["image", "error"])
+        writer.writerows(self.failures)
+        with atomic_path(self.report_path) as tmp, open(tmp, "w", newline="") as f:
+            f.write(buffer.getvalue())
+
+    def finish(self) -> None:
+        """Raise after a ``skip_failed`` run in which inputs failed (the others are segmented by then)."""
+        if self.failures:
+            raise RuntimeError(
+                f"{len(self.failures)} of {self.total} inputs were skipped (listed in {self.report_path}); the other "
+                f"{self.total - len(self.failures)} were segmented."
+            )
