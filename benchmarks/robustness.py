@@ -231,15 +231,13 @@ def evaluate(
 
 
 def prepare(model: str, args: argparse.Namespace, sets: dict[str, Any]) -> None:
-    """Check the model's weights; generate the demo data when the config reads the demo folder (its ``initialize``
-    step that calls ``scripts.demo_data.prepare_demo_data``)."""
+    """Check the model's weights; generate the demo data when the config reads the demo folder (its
+    ``dataset_root``, which calls ``scripts.demo_data.dataset_folder``; a no-op once they exist)."""
     with tempfile.TemporaryDirectory(prefix="robustness-") as output_dir:
         parser = build_parser(model, args, sets, output_dir)
         parser[WEIGHTS] = MODELS[model]["weights"]
         require_weights(parser.get_parsed_content(WEIGHTS), MODELS[model]["name"], MODELS[model]["command"])
-        for i, expr in enumerate(parser["initialize"]):  # the config's own demo-data step (a no-op if it exists)
-            if "prepare_demo_data" in str(expr):
-                parser.get_parsed_content(f"initialize#{i}")
+        parser.get_parsed_content("dataset_root")
 
 
 def measure_bias_field(args: argparse.Namespace, sets: dict[str, Any], model: str) -> dict[str, float]:

@@ -27,7 +27,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["DEMO_SUBJECT_FMT", "GENERATOR_VERSION", "SEG4_LABELS", "prepare_demo_data"]
+__all__ = ["DEMO_SUBJECT_FMT", "GENERATOR_VERSION", "SEG4_LABELS", "prepare_demo_data", "dataset_folder"]
 
 DEMO_SUBJECT_FMT = "OASIS_OAS1_{:04d}_MR1"
 GENERATOR_NAME = "metaseg-demo-data"
@@ -508,6 +508,17 @@ def prepare_demo_data(
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return str(splits_path)
+
+
+def dataset_folder(dataset_dir: str, demo_dir: str, seed: int = 0, spatial_dims: int = 2) -> str:
+    """``dataset_dir``, after generating the demo dataset into it when it is the demo folder (``demo_dir``).
+
+    The configs' ``dataset_root`` calls this, and only the expressions that read the dataset's splits refer to it, so
+    the demo data are made when a workflow reads them and never when it segments the user's own ``--datalist``.
+    """
+    if os.path.abspath(str(dataset_dir)) == os.path.abspath(str(demo_dir)):
+        prepare_demo_data(str(demo_dir), seed=seed, spatial_dims=spatial_dims)
+    return str(dataset_dir)
 
 
 def _write_dataset(root: Path, params: dict) -> list[str]:

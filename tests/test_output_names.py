@@ -78,3 +78,20 @@ def test_inference_refuses_a_repeated_input_before_any_work(tmp_path):
     assert proc.returncode != 0
     assert "same image more than once" in proc.stdout + proc.stderr and str(image) in proc.stdout + proc.stderr
     assert not out.exists() or not list(out.rglob("*.nii.gz"))
+
+
+def test_inference_on_own_files_never_generates_the_demo_data(tmp_path):
+    """The README's own-files command, without ``--dataset_dir``: the demo folder is not read, so not made."""
+    from conftest import TINY_NET, run_bundle
+
+    image = _write_slice(tmp_path / "sub01" / "T1.nii.gz")
+    ckpt = tmp_path / "models"
+    save_tiny_metaseg(ckpt)
+    demo = tmp_path / "demo"
+    out = tmp_path / "out"
+    run_bundle(
+        "run", "inference", "--config_file", "configs/inference.json", "--datalist", f"['{image}']",
+        "--output_dir", str(out), "--demo_dir", str(demo), "--ckpt_dir", str(ckpt), *TINY_NET, "--fit_steps", "2",
+    )  # fmt: skip
+    assert not demo.exists()
+    assert (out / "sub01" / "T1_seg.nii.gz").is_file()
