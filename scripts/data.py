@@ -184,15 +184,16 @@ class InputCheck:
                 passed.append(item)
         self._write_report()
         if self.failures and not self.skip_failed:
+            logging.getLogger(__name__).error(f"{self._summary(' ')} (nothing segmented)")
             raise ValueError(f"{self._summary()} (nothing was segmented; --skip_failed true segments the others)")
         if self.failures:
-            logging.getLogger(__name__).error(f"{self._summary()}; segmenting the other {len(passed)}.")
+            logging.getLogger(__name__).error(f"{self._summary(' ')} (segmenting the other {len(passed)})")
         if not passed:
             raise ValueError(f"{self._summary()}: no input left to segment.")
         return passed
 
-    def _summary(self) -> str:
-        lines = "".join(f"\n  {image}: {error}" for image, error in self.failures)
+    def _summary(self, separator: str = "\n  ") -> str:
+        lines = "".join(f"{separator}{image}: {error}" for image, error in self.failures)
         return f"{len(self.failures)} of {self.total} inputs cannot be segmented:{lines}"
 
     def _write_report(self) -> None:

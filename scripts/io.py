@@ -25,6 +25,7 @@ from .transforms import SQUEEZED_AXES_KEY
 __all__ = [
     "SubjectFolderLayout",
     "output_parent_levels",
+    "OutputParentLevels",
     "AtomicNiftiWriter",
     "AtomicDiskSaver",
     "AtomicCheckpointSaver",
@@ -142,15 +143,36 @@ def output_parent_levels(paths: Sequence[str]) -> int:
     )
 
 
+class OutputParentLevels:
+    """How many parent folders :class:`SubjectFolderLayout` keeps, shared by a workflow's writers and set from its
+    inputs before the run (``set_inputs``; 1 until then, e.g. in a MONAI Label server, which writes no files).
+
+    A config object rather than a number so that the writers (in ``postprocessing``, which MONAI Label also builds)
+    do not depend on the dataset when they are created.
+    """
+
+    def __init__(self, levels: int = 1) -> None:
+        self.levels = int(levels)
+
+    def set_inputs(self, paths: Sequence[str]) -> int:
+        """Set (and return) the fewest levels that keep the outputs of ``paths`` apart (``output_parent_levels``)."""
+        self.levels = output_parent_levels(paths)
+        return self.levels
+
+    def __int__(self) -> int:
+        return self.levels
+
+
 class SubjectFolderLayout(FolderLayoutBase):
     """``<output_dir>/<input's parent folder(s)>/<input stem>_<postfix><extension>``.
 
     In the neurite-oasis layout every subject folder holds a ``slice_norm.nii.gz``; keeping the subject folder in the
     output path means inputs sharing a file name never overwrite each other, e.g.
     ``OASIS_OAS1_0001_MR1/slice_norm.nii.gz`` -> ``<output_dir>/OASIS_OAS1_0001_MR1/slice_norm_seg.nii.gz``.
-    ``parent_levels`` keeps more folders where one is not enough (``siteA/sub01/T1.nii.gz`` and
-    ``siteB/sub01/T1.nii.gz``: 2, see :func:`output_parent_levels`). The whole image extension is dropped
-    (``T1.mgz`` -> ``T1_seg.nii.gz``). Use as ``SaveImaged(folder_layout=SubjectFolderLayout(...))``.
+    ``parent_levels`` (a number, or an :class:`OutputParentLevels` set from the inputs) keeps more folders where one is
+    not enough (``siteA/sub01/T1.nii.gz`` and ``siteB/sub01/T1.nii.gz``: 2, see :func:`output_parent_levels`). The
+    whole image extension is dropped (``T1.mgz`` -> ``T1_seg.nii.gz``). Use as
+    ``SaveImaged(folder_layout=SubjectFolderLayout(...))``.
     """
 
     def __init__(
@@ -159,18 +181,18 @@ class SubjectFolderLayout(FolderLayoutBase):
         postfix: str = "seg",
         extension: str = ".nii.gz",
         makedirs: bool = True,
-        parent_levels: int = 1,
+        parent_levels: int | OutputParentLevels = 1,
     ) -> None:
-        if parent_levels < 1:
-            raise ValueError(f"parent_levels must be >= 1, got {parent_levels}.")
+        if int(parent_levels) < 1:
+            raise ValueError(f"parent_levels must be >= 1, got {int(parent_levels)}.")
         self.output_dir = output_dir
         self.postfix = postfix
         self.extension = extension if extension.startswith(".") else f".{extension}"
         self.makedirs = makedirs
-        self.parent_levels = int(parent_levels)
+        self.parent_levels = parent_levels
 
     def filename(self, subject: str = "subject", idx: int | None = None, **kwargs: object) -> str:
-        parents, stem = _output_key(str(subject), self.parent_levels)
+        parents, stem = _output_key(str(subject), int(self.parent_levels))
         name = f"{stem}_{self.postfix}" if self.postfix else stem
         if idx is not None:
             name += f"_{idx}"

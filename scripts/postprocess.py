@@ -110,7 +110,7 @@ class SaveOverlayd(MapTransform):
         num_classes: int = 5,
         alpha: float = 0.5,
         transpose: bool = True,
-        parent_levels: int = 1,
+        parent_levels: Any = 1,
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)

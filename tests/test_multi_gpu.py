@@ -10,9 +10,11 @@ import sys
 import torch
 from conftest import REPO_ROOT, TINY_NET, tiny_metaseg
 
-# test-only: every rank saves its weights after meta-training (run#1) and at the end, before the group is destroyed
+# test-only: every rank saves its weights after meta-training and at the end, before the group is destroyed; the
+# meta-training step of multi_gpu_train.json's run list is found by its content, not by its position
+_RUN = json.loads((REPO_ROOT / "configs" / "multi_gpu_train.json").read_text())["run"]
 SAVE_EACH_RANK = {
-    "run#1": "$[@train#trainer.run(), "
+    f"run#{_RUN.index('$@train#trainer.run()')}": "$[@train#trainer.run(), "
     "torch.save(@network.state_dict(), @ckpt_dir + '/meta_rank' + str(dist.get_rank()) + '.pt')]",
     "finalize": [
         "$torch.save(@network.state_dict(), @ckpt_dir + '/final_rank' + str(dist.get_rank()) + '.pt')",
