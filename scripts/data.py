@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import io
 import json
 import logging
 import os
@@ -205,12 +204,10 @@ class InputCheck:
             return
         from .io import atomic_path
 
-        buffer = io.StringIO()
-        writer = csv.writer(buffer)
-        writer.writerow(["image", "error"])
-        writer.writerows(self.failures)
         with atomic_path(self.report_path) as tmp, open(tmp, "w", newline="") as f:
-            f.write(buffer.getvalue())
+            writer = csv.writer(f)
+            writer.writerow(["image", "error"])
+            writer.writerows(self.failures)
 
     def finish(self) -> None:
         """Raise after a ``skip_failed`` run in which inputs failed (the others are segmented by then)."""

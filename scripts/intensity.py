@@ -107,6 +107,7 @@ def brain_contrast_landmarks(
     contrast_percentile: float = 25.0,
     smooth_sigma: float = 1.0,
     noise_multiple: float = 3.0,
+    min_brain_fraction: float = 0.005,
     source: str = "<image>",
 ) -> tuple[float, float, float]:
     """``(background, low, reference)`` of a channel-first ``image``: the background level and two percentiles of the
@@ -122,7 +123,7 @@ def brain_contrast_landmarks(
     Raises:
         ValueError: naming ``source``, when no brain can be found, or the brain has no contrast.
     """
-    brain_intensity_range(image, percentile, source=source)  # the checks (empty, non-finite, constant, no brain)
+    brain_intensity_range(image, percentile, min_brain_fraction, source)  # the checks: empty, non-finite, no brain
     x = convert_to_tensor(image, track_meta=False).detach().float()
     if smooth_sigma > 0:
         x = GaussianSmooth(smooth_sigma)(x)  # channel-first: every channel smoothed over the spatial axes
@@ -198,7 +199,12 @@ class NormalizeBrainIntensity(Transform):
             out = (x - background) / (reference - background)
         else:
             background, low, reference = brain_contrast_landmarks(
-                img, self.percentile, self.contrast_percentile, self.smooth_sigma, source=source
+                img,
+                self.percentile,
+                self.contrast_percentile,
+                self.smooth_sigma,
+                min_brain_fraction=self.min_brain_fraction,
+                source=source,
             )
             exponent = math.log(self.contrast_value) / math.log((low - background) / (reference - background))
             exponent = min(max(exponent, 1.0 / self.max_exponent), self.max_exponent)

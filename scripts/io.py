@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import tempfile
+from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -109,7 +110,7 @@ def _output_key(path: str, parent_levels: int) -> tuple[tuple[str, ...], str]:
             stem = stem[: -len(ext)]
             break
     parents = [p for p in os.path.dirname(path).split(os.sep) if p]
-    return tuple(parents[len(parents) - parent_levels :] if parent_levels < len(parents) else parents), stem
+    return tuple(parents[-parent_levels:]), stem  # parent_levels >= 1; fewer parents: all of them
 
 
 def output_parent_levels(paths: Sequence[str]) -> int:
@@ -121,7 +122,7 @@ def output_parent_levels(paths: Sequence[str]) -> int:
             extension (``T1.nii`` and ``T1.nii.gz`` in one folder), which no number of folders can tell apart.
     """
     paths = [os.path.abspath(str(p)) for p in paths]
-    repeated = sorted({p for p in paths if paths.count(p) > 1})
+    repeated = sorted(p for p, n in Counter(paths).items() if n > 1)
     if repeated:
         raise ValueError(
             f"the datalist lists the same image more than once: {repeated}; each output would be written twice."
