@@ -1,7 +1,7 @@
 """Robustness of MetaSeg and the U-Net baseline to scanner-like perturbations of the input image.
 
 Each model is evaluated by its own bundle evaluation config (MetaSeg: ``configs/inference.json`` +
-``configs/evaluate.json``, ``evaluator``; U-Net: ``configs/train_unet.json`` + ``configs/evaluate_unet.json``,
+``configs/evaluate.json``, ``evaluator``; U-Net: ``configs/train.json`` + ``configs/train_unet.json`` + ``configs/evaluate_unet.json``,
 ``validate#evaluator``) on the demo test split, once per perturbation, and the mean foreground Dice
 (``mean_dice``, as ``run evaluating`` reports it) is tabulated against the clean images. Each perturbation is one or
 more of MONAI's own transforms, inserted by name into the bundle's preprocessing right after the image is loaded and
@@ -82,11 +82,11 @@ MODELS: dict[str, dict[str, Any]] = {
     },
     "unet": {
         "name": "U-Net",
-        "config_files": ["train_unet.json", "evaluate_unet.json"],
+        "config_files": ["train.json", "train_unet.json", "evaluate_unet.json"],
         "evaluator": "validate#evaluator",
         "data": "validate#dataset#data",
         "weights": "$@ckpt_dir + '/' + @ckpt_name + '.pt'",
-        "command": "python -m monai.bundle run training --config_file configs/train_unet.json",
+        "command": "python -m monai.bundle run training --config_file \"['configs/train.json','configs/train_unet.json']\"",
     },
 }
 

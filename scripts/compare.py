@@ -106,8 +106,8 @@ class ModelComparison:
         bundle_root: the bundle folder (config paths and the report's commands are relative to it).
         metaseg_config_files: MetaSeg's evaluation configs (``inference.json`` + ``evaluate.json``, plus any file of
             overrides, e.g. a smaller network).
-        baseline_config_files: the baseline's evaluation configs (2D: ``train_unet.json`` + ``evaluate_unet.json``,
-            3D: plus ``train_segresnet.json`` + ``evaluate_segresnet.json``, [+ overrides]).
+        baseline_config_files: the baseline's evaluation configs (2D: ``train.json`` + ``train_unet.json`` +
+            ``evaluate_unet.json``, 3D: plus ``train_segresnet.json`` + ``evaluate_segresnet.json``, [+ overrides]).
         overrides: values given to both evaluations (``dataset_dir``, ``splits_file``, ``split``, ``device``, ...).
         metaseg_overrides, baseline_overrides: values for one of them (``ckpt_dir``, ``output_dir``, ...).
         metaseg_ckpt, baseline_ckpt: the weight files (checked before anything runs).
@@ -152,7 +152,7 @@ class ModelComparison:
         class_names: Sequence[str] = ("cortex", "subcortical_gm", "white_matter", "csf"),
         transpose: bool = True,
         baseline_name: str = "U-Net",
-        baseline_command: str = "python -m monai.bundle run training --config_file configs/train_unet.json",
+        baseline_command: str = "python -m monai.bundle run training --config_file \"['configs/train.json','configs/train_unet.json']\"",
         sweep_images: int | None = None,
         report_command: str = "python -m monai.bundle run compare --config_file configs/compare.json",
         extra_splits: Sequence[str] = (),

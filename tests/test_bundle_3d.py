@@ -169,9 +169,10 @@ def test_2d_and_3d_switch_by_config_file_refuses_the_wrong_input(trained_3d, tin
         assert not list(out.rglob("*.nii.gz"))
 
 
-SEGRESNET = "['configs/train_unet.json','configs/train_segresnet.json']"
+SEGRESNET = "['configs/train.json','configs/train_unet.json','configs/train_segresnet.json']"
 EVAL_SEGRESNET = str(
     [
+        "configs/train.json",
         "configs/train_unet.json",
         "configs/train_segresnet.json",
         "configs/evaluate_unet.json",

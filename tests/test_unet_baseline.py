@@ -13,15 +13,15 @@ from monai.bundle import ConfigParser
 from monai.networks.nets import BasicUNet
 from PIL import Image
 
-TRAIN_UNET = "configs/train_unet.json"
-EVAL_UNET = "['configs/train_unet.json','configs/evaluate_unet.json']"
+TRAIN_UNET = "['configs/train.json','configs/train_unet.json']"
+EVAL_UNET = "['configs/train.json','configs/train_unet.json','configs/evaluate_unet.json']"
 TINY_FEATURES = [4, 4, 8, 8, 16, 4]
 TINY_UNET = ["--network_def#features", str(TINY_FEATURES)]
 
 
 def test_default_unet_is_the_buda_sized_basic_unet():
     parser = ConfigParser()
-    parser.read_config(str(REPO_ROOT / TRAIN_UNET))
+    parser.read_config([str(REPO_ROOT / "configs" / name) for name in ("train.json", "train_unet.json")])
     net = parser.get_parsed_content("network_def")
     assert isinstance(net, BasicUNet)
     assert sum(p.numel() for p in net.parameters()) == 7_782_981  # docs/README.md, Buda et al.: ~7.76M
@@ -96,7 +96,7 @@ def compared(unet_trained, tiny_dataset, tmp_path_factory) -> tuple[Path, Path, 
         *COMPARE, "--dataset_dir", str(dataset_dir), "--splits_file", str(splits),
         "--metaseg_ckpt_dir", str(tmp / "models"), "--baseline_ckpt_dir", str(work / "models"),
         "--metaseg_config_files", f"['configs/inference.json','configs/evaluate.json','{tmp / 'tiny_metaseg.json'}']",
-        "--baseline_config_files", str(["configs/train_unet.json", "configs/evaluate_unet.json", str(tiny_unet)]),
+        "--baseline_config_files", str(["configs/train.json", "configs/train_unet.json", "configs/evaluate_unet.json", str(tiny_unet)]),
         "--report_dir", str(report), "--output_dir", str(out), "--fit_steps_list", "[1, 2]",
         "--num_overlay_images", "2", "--num_pca_images", "1", "--metaseg_train_seconds", "1812",
     )  # fmt: skip
@@ -144,5 +144,5 @@ def test_compare_without_unet_weights_names_the_file_and_the_command(tiny_datase
     )  # fmt: skip
     assert proc.returncode != 0
     assert f"U-Net weights not found: {tmp_path / 'none' / 'unet.pt'}" in proc.stderr
-    assert "python -m monai.bundle run training --config_file configs/train_unet.json" in proc.stderr
+    assert f"python -m monai.bundle run training --config_file \"{TRAIN_UNET}\"" in proc.stderr
     assert not (tmp_path / "report").exists()
