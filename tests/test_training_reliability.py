@@ -212,7 +212,8 @@ def test_resuming_a_finished_stage_keeps_its_time_record(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "config, weights", [("configs/train.json", "model.pt"), ("['configs/train.json','configs/train_unet.json']", "unet.pt")]
+    "config, weights",
+    [("configs/train.json", "model.pt"), ("['configs/train.json','configs/train_unet.json']", "unet.pt")],
 )
 def test_training_never_replaces_weights_by_surprise(tiny_dataset, tmp_path, config, weights):
     """A training run into a folder that holds weights (the default ``models/`` holds the shipped ones) stops before

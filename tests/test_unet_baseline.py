@@ -144,5 +144,5 @@ def test_compare_without_unet_weights_names_the_file_and_the_command(tiny_datase
     )  # fmt: skip
     assert proc.returncode != 0
     assert f"U-Net weights not found: {tmp_path / 'none' / 'unet.pt'}" in proc.stderr
-    assert f"python -m monai.bundle run training --config_file \"{TRAIN_UNET}\"" in proc.stderr
+    assert f'python -m monai.bundle run training --config_file "{TRAIN_UNET}"' in proc.stderr
     assert not (tmp_path / "report").exists()
