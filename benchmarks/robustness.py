@@ -1,12 +1,12 @@
 """Robustness of MetaSeg and the U-Net baseline to scanner-like perturbations of the input image.
 
 Each model is evaluated by its own bundle evaluation config (MetaSeg: ``configs/inference.json`` +
-``configs/evaluate.json``, ``evaluator``; U-Net: ``configs/train.json`` + ``configs/train_unet.json`` + ``configs/evaluate_unet.json``,
-``validate#evaluator``) on the demo test split, once per perturbation, and the mean foreground Dice
-(``mean_dice``, as ``run evaluating`` reports it) is tabulated against the clean images. Each perturbation is one or
-more of MONAI's own transforms, inserted by name into the bundle's preprocessing right after the image is loaded and
-BEFORE the bundle's intensity normalization (``normalize_intensity``, which maps the background to 0 and the brain's
-75th percentile to 1), as a scan from another scanner would arrive::
+``configs/evaluate.json``, ``evaluator``; U-Net: ``configs/train.json`` + ``configs/train_unet.json`` +
+``configs/evaluate_unet.json``, ``validate#evaluator``) on the demo test split, once per perturbation, and the mean
+foreground Dice (``mean_dice``, as ``run evaluating`` reports it) is tabulated against the clean images. Each
+perturbation is one or more of MONAI's own transforms, inserted by name into the bundle's preprocessing right after the
+image is loaded and BEFORE the bundle's intensity normalization (``normalize_intensity``, which maps the background to 0
+and the brain's 75th percentile to 1), as a scan from another scanner would arrive::
 
     preprocessing#transforms = $@load_transforms + @perturbation + [@normalize_intensity] + @spatial_transforms
 
@@ -86,7 +86,8 @@ MODELS: dict[str, dict[str, Any]] = {
         "evaluator": "validate#evaluator",
         "data": "validate#dataset#data",
         "weights": "$@ckpt_dir + '/' + @ckpt_name + '.pt'",
-        "command": "python -m monai.bundle run training --config_file \"['configs/train.json','configs/train_unet.json']\"",
+        "command": "python -m monai.bundle run training --config_file "
+        "\"['configs/train.json','configs/train_unet.json']\"",
     },
 }
 

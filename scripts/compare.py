@@ -152,7 +152,9 @@ class ModelComparison:
         class_names: Sequence[str] = ("cortex", "subcortical_gm", "white_matter", "csf"),
         transpose: bool = True,
         baseline_name: str = "U-Net",
-        baseline_command: str = "python -m monai.bundle run training --config_file \"['configs/train.json','configs/train_unet.json']\"",
+        baseline_command: str = (
+            "python -m monai.bundle run training --config_file \"['configs/train.json','configs/train_unet.json']\""
+        ),
         sweep_images: int | None = None,
         report_command: str = "python -m monai.bundle run compare --config_file configs/compare.json",
         extra_splits: Sequence[str] = (),

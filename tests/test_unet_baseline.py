@@ -96,7 +96,7 @@ def compared(unet_trained, tiny_dataset, tmp_path_factory) -> tuple[Path, Path, 
         *COMPARE, "--dataset_dir", str(dataset_dir), "--splits_file", str(splits),
         "--metaseg_ckpt_dir", str(tmp / "models"), "--baseline_ckpt_dir", str(work / "models"),
         "--metaseg_config_files", f"['configs/inference.json','configs/evaluate.json','{tmp / 'tiny_metaseg.json'}']",
-        "--baseline_config_files", str(["configs/train.json", "configs/train_unet.json", "configs/evaluate_unet.json", str(tiny_unet)]),
+        "--baseline_config_files", EVAL_UNET[:-1] + f",'{tiny_unet}']",
         "--report_dir", str(report), "--output_dir", str(out), "--fit_steps_list", "[1, 2]",
         "--num_overlay_images", "2", "--num_pca_images", "1", "--metaseg_train_seconds", "1812",
     )  # fmt: skip
