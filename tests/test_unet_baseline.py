@@ -13,6 +13,8 @@ from monai.bundle import ConfigParser
 from monai.networks.nets import BasicUNet
 from PIL import Image
 
+from scripts.report import render
+
 TRAIN_UNET = "['configs/train.json','configs/train_unet.json']"
 EVAL_UNET = "['configs/train.json','configs/train_unet.json','configs/evaluate_unet.json']"
 TINY_FEATURES = [4, 4, 8, 8, 16, 4]
@@ -133,6 +135,7 @@ def test_compare_writes_the_report_and_its_pictures(compared, unet_trained):
             assert png.format == "PNG" and png.width > 300 and png.height > 200
     assert (out / "metaseg" / "metrics_summary.json").is_file()
     assert (out / "baseline" / "metrics_summary.json").is_file()
+    assert render(result) == text  # the report is a pure function of the saved measurements
 
 
 def test_compare_without_unet_weights_names_the_file_and_the_command(tiny_dataset, tmp_path):
