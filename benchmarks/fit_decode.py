@@ -39,9 +39,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))  # `python benchmarks/<name>.py` from anywhere: the bundle's scripts
 # isort: split
 
-from scripts.measure import read_peak_memory  # noqa: E402
 from scripts.fitting import adam_fit, coordinate_grid, flatten_image  # noqa: E402
 from scripts.inferer import MetaSegInferer  # noqa: E402
+from scripts.measure import read_peak_memory  # noqa: E402
 from scripts.network import TRUNK_PREFIXES, MetaSegINR  # noqa: E402
 from scripts.trainer import MetaSegTrainer  # noqa: E402
 
