@@ -62,9 +62,10 @@ def package(tmp_path_factory) -> tuple[Path, Path]:
     (tmp / "unpacked").mkdir()
     with zipfile.ZipFile(path) as zf:
         zf.extractall(tmp / "unpacked")
+    optional = json.loads((REPO_ROOT / "configs" / "metadata.json").read_text())["optional_packages_version"]
     blocker = tmp / "block_optional"
     blocker.mkdir()
-    (blocker / "sitecustomize.py").write_text(BLOCK_OPTIONAL.format(blocked=set(OPTIONAL_IMPORTS.values())))
+    (blocker / "sitecustomize.py").write_text(BLOCK_OPTIONAL.format(blocked={OPTIONAL_IMPORTS[p] for p in optional}))
     return path, tmp / "unpacked" / BUNDLE_NAME
 
 
