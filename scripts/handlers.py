@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 
 import torch
+import torch.distributed as dist
 from ignite.engine import Engine, Events
 from monai.engines.utils import IterationEvents
 
@@ -34,7 +35,9 @@ class MetricsSummaryHandler:
     Reads ``engine.state.metrics`` (all key/additional metrics, e.g. mean Dice and PSNR), the per-image, per-class
     details of ``dice_metric_name`` (``MeanDice(save_details=True)``), the per-image seconds found under
     ``time_key`` in each iteration's output (the fit times that :class:`scripts.evaluator.MetaSegEvaluator` reports,
-    or :class:`InferenceTimer`'s) and the network's parameter count.
+    or :class:`InferenceTimer`'s) and the network's parameter count. Under ``torch.distributed`` (each rank
+    evaluating a shard, ``configs/multi_gpu_evaluate.json``) every rank must run it: the per-image times are gathered
+    from all ranks (the metrics already are, by MONAI), and rank 0 alone logs and writes the summary.
 
     Args:
         output_dir: where to write the JSON summary.
@@ -102,7 +105,17 @@ class MetricsSummaryHandler:
             out["num_parameters"] = sum(p.numel() for p in network.parameters())
         return out
 
+    def _gather_times(self) -> None:
+        """Replace this rank's per-image times by those of all ranks (a collective call) when distributed."""
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            parts: list = [None] * dist.get_world_size()
+            dist.all_gather_object(parts, self._times)
+            self._times = [t for part in parts for t in part]
+
     def __call__(self, engine: Engine) -> None:
+        self._gather_times()
+        if dist.is_available() and dist.is_initialized() and dist.get_rank() > 0:
+            return
         summary = self.summary(engine)
         lines = [f"evaluation of {summary['num_images']} image(s):"]
         lines += [f"  {k}: {v:.4f}" for k, v in summary["metrics"].items()]

@@ -8,7 +8,7 @@ import sys
 import pytest
 from conftest import REPO_ROOT
 
-PATHS = [p for p in ("scripts", "tests", "benchmarks") if (REPO_ROOT / p).is_dir()]
+PATHS = [p for p in ("scripts", "tests", "benchmarks", "tools") if (REPO_ROOT / p).is_dir()]
 
 
 @pytest.mark.parametrize(

@@ -22,7 +22,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from scripts.package_bundle import BUNDLE_NAME, package_bundle
+from tools.package_bundle import BUNDLE_NAME, package_bundle
 
 ML_PYTHON = os.environ.get("METASEG_MONAILABEL_PYTHON", "")
 pytestmark = pytest.mark.skipif(

@@ -1,14 +1,19 @@
-"""configs/multi_gpu_train.json under torchrun: 2 CPU processes (gloo) end meta-training + head fine-tuning in sync."""
+"""Multi-process configs under torchrun, 2 CPU processes (gloo): training in sync, evaluation equal to one process."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
+import re
+import shlex
 import subprocess
 import sys
+from pathlib import Path
 
+import pytest
 import torch
-from conftest import REPO_ROOT, TINY_NET, tiny_metaseg
+from conftest import REPO_ROOT, TINY_NET, data_args, run_bundle, save_tiny_metaseg, tiny_metaseg
 
 # test-only: every rank saves its weights after meta-training and at the end, before the group is destroyed; the
 # meta-training step of multi_gpu_train.json's run list is found by its content, not by its position
@@ -80,3 +85,57 @@ def test_two_process_training_keeps_replicas_identical(tiny_dataset, tmp_path):
     # the head fine-tune ran (in sync) after meta-training: the final head differs from the meta-learned one
     meta = torch.load(ckpt / "meta_model.pt", weights_only=True)
     assert not torch.equal(states[0]["head.2.weight"], meta["head.2.weight"])
+
+
+def _readme_command(marker: str) -> list[str]:
+    """The README usage table's command whose row names ``marker``, split as a shell would."""
+    rows = [line for line in (REPO_ROOT / "README.md").read_text().splitlines() if marker in line]
+    assert len(rows) == 1, f"README.md: expected one usage row naming {marker}"
+    return shlex.split(re.search(r"`(torchrun [^`]+)`", rows[0]).group(1))
+
+
+def _per_image_dice(output_dir: Path) -> dict[str, list[str]]:
+    """``mean_dice_raw.csv`` (MONAI's ``MetricsSaver``: one row per image, one column per class), keyed by image."""
+    with open(output_dir / "mean_dice_raw.csv") as f:
+        rows = list(csv.reader(f, delimiter="\t"))
+    return {row[0]: row[1:] for row in rows[1:]}
+
+
+def test_two_process_evaluation_gives_the_per_image_metrics_of_one(tiny_dataset, tmp_path):
+    """The README's multi-GPU evaluation with N=2 CPU processes (gloo), 3 images split 2 + 1 between the ranks."""
+    dataset_dir, splits = tiny_dataset
+    ckpt = tmp_path / "models"
+    save_tiny_metaseg(ckpt)
+    tiny = [*data_args(dataset_dir, splits, ckpt), "--split", "train", "--fit_steps", "5"]
+    env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+
+    cmd = [a.replace("=N", "=2") for a in _readme_command("configs/multi_gpu_evaluate.json")]
+    docs = [line for line in (REPO_ROOT / "docs" / "README.md").read_text().splitlines() if line.startswith("torchrun")]
+    assert cmd in [shlex.split(line) for line in docs]  # the model card's N=2 command is this one
+    cmd[0] = str(Path(sys.executable).parent / cmd[0])  # the virtualenv's torchrun
+    proc = subprocess.run(
+        [*cmd, *tiny, "--output_dir", str(tmp_path / "two")],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    run_bundle(
+        "run",
+        "evaluating",
+        "--config_file",
+        "['configs/inference.json','configs/evaluate.json']",
+        *tiny,
+        "--output_dir",
+        str(tmp_path / "one"),
+    )
+
+    one, two = _per_image_dice(tmp_path / "one"), _per_image_dice(tmp_path / "two")
+    assert len(one) == 3 and two == one  # every image once, the same values to the last printed digit
+    summaries = [json.loads((tmp_path / d / "metrics_summary.json").read_text()) for d in ("one", "two")]
+    assert summaries[1]["num_images"] == summaries[0]["num_images"] == 3  # per-image times gathered from both ranks
+    assert summaries[1]["metrics"] == pytest.approx(summaries[0]["metrics"], rel=1e-6)
+    assert summaries[1]["dice_per_class"] == pytest.approx(summaries[0]["dice_per_class"], rel=1e-6)
+    assert not list((tmp_path / "two").glob(".*"))  # no temporary files left by either rank

@@ -8,12 +8,15 @@ import re
 import subprocess
 from pathlib import Path
 
+import nibabel as nib
 import pytest
 import torch
 from conftest import REPO_ROOT, config_metaseg, run_bundle, tiny_metaseg
 
+from scripts.intensity import NormalizeBrainIntensityd
+
 META = "configs/metadata.json"
-SCHEMA = REPO_ROOT / "tests" / "meta_schema.json"  # meta_schema_20240725.json of MONAI-extra-test-data 0.8.1
+SCHEMA = REPO_ROOT / "docs" / "meta_schema.json"  # meta_schema_20240725.json of MONAI-extra-test-data 0.8.1
 SCHEMA_MD5 = "76e1add273836515d0bbb3bc71962474"
 
 
@@ -52,9 +55,12 @@ def test_metadata_versions_are_the_pinned_requirements():
     assert metadata["monai_version"] == pins["monai"]
     assert metadata["pytorch_version"] == pins["torch"]
     assert metadata["numpy_version"] == pins["numpy"]
-    assert metadata["required_packages_version"] == {
-        k: v for k, v in pins.items() if k not in {"monai", "torch", "numpy"}
-    }
+    required, optional = metadata["required_packages_version"], metadata["optional_packages_version"]
+    assert {**required, **optional} == {k: v for k, v in pins.items() if k not in {"monai", "torch", "numpy"}}
+    assert not required.keys() & optional.keys()
+    # training logs, demo-data template, PNG pictures: not needed to segment or evaluate one's own images (the
+    # unpacked-zip test in test_package.py runs inference and evaluation with these three unimportable)
+    assert set(optional) == {"tensorboard", "nilearn", "pillow"}
     assert metadata["version"] in metadata["changelog"]
     assert "Fit Pixels, Get Labels" in metadata["references"][0]
     assert metadata["eval_metrics"]["mean_dice"] > 0.7
@@ -69,6 +75,21 @@ def test_network_data_format_is_the_image_to_label_contract():
     with torch.no_grad():
         out = net(torch.rand(1, image["num_channels"], 24, 20))
     assert out.shape == (1, pred["num_channels"], 24, 20)
+
+
+def test_shipped_logits_lie_in_the_stated_value_range(tiny_dataset):
+    """``outputs.pred`` are class logits (unbounded): the stated range holds the shipped model's on demo images."""
+    low, high = json.loads((REPO_ROOT / META).read_text())["network_data_format"]["outputs"]["pred"]["value_range"]
+    dataset_dir, _ = tiny_dataset
+    image = nib.load(sorted(dataset_dir.glob("*/slice_norm.nii.gz"))[0])
+    raw = torch.as_tensor(image.get_fdata()[None], dtype=torch.float32)
+    normalized = torch.as_tensor(NormalizeBrainIntensityd("image")({"image": raw})["image"])
+    padded = torch.nn.functional.pad(normalized, (0, 0, 16, 16))[None]  # 160x192 -> 192x192, as the configs pad
+    net = config_metaseg()
+    net.load_state_dict(torch.load(REPO_ROOT / "models" / "model.pt", weights_only=True))
+    with torch.no_grad():
+        logits = net(padded)
+    assert logits.shape[1] == 5 and low <= float(logits.min()) < float(logits.max()) <= high
 
 
 def test_verify_net_in_out():
