@@ -212,7 +212,7 @@ def test_unpacked_zip_evaluates_the_unet_baseline(package, tiny_dataset, tmp_pat
         "run",
         "evaluating",
         "--config_file",
-        "['configs/train_unet.json','configs/evaluate_unet.json']",
+        "['configs/train.json','configs/train_unet.json','configs/evaluate_unet.json']",
         "--dataset_dir",
         str(dataset_dir),
         "--splits_file",
