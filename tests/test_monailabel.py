@@ -176,3 +176,55 @@ def test_serve_refuses_folders_it_must_not_write(tmp_path, tiny_dataset):
         proc = _serve(*args, env=env)
         assert proc.returncode == 2 and message in proc.stderr, (args, proc.stderr)
     assert _tree(tmp_path) == before
+
+
+def _fake_monailabel(tmp_path: Path) -> Path:
+    """A stand-in for MONAI Label's python: a sample app where the wheel keeps it; ``-m ...`` records its arguments."""
+    prefix = tmp_path / "fake-venv"
+    (prefix / "monailabel" / "sample-apps" / "monaibundle").mkdir(parents=True)
+    (prefix / "monailabel" / "sample-apps" / "monaibundle" / "main.py").write_text("# sample app\n")
+    python = prefix / "python"
+    python.write_text(f'#!/bin/sh\n[ "$1" = -c ] && echo {prefix} && exit 0\necho "$@" > {prefix}/args\n')
+    python.chmod(0o755)
+    return python
+
+
+def test_serve_assembles_app_and_studies_copy(tmp_path, tiny_dataset):
+    """Both layouts are served (ids: subject folder, file name); a restart refreshes the images, keeps the labels."""
+    dataset_dir, _ = tiny_dataset
+    python = _fake_monailabel(tmp_path)
+    studies = tmp_path / "studies"
+    (studies / "sub-01").mkdir(parents=True)
+    image = dataset_dir / "OASIS_OAS1_0006_MR1" / "slice_norm.nii.gz"
+    for target in (studies / "sub-01" / "slice_norm.nii.gz", studies / "flat.nii.gz", studies / "other.nii"):
+        target.write_bytes(image.read_bytes())
+    workdir = tmp_path / "ml"
+    env = dict(os.environ, METASEG_MONAILABEL_PYTHON=str(python))
+    before = _tree(studies)
+    proc = _serve("--studies", str(studies), "--port", "8123", "--workdir", str(workdir), env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith(f"MetaSeg in MONAI Label: http://127.0.0.1:8123/ (3 images from {studies};")
+    view = workdir / "studies"
+    assert sorted(p.name for p in view.iterdir()) == ["flat.nii.gz", "other.nii", "sub-01.nii.gz"]
+    assert not any(p.is_symlink() for p in view.iterdir())
+    args = (python.parent / "args").read_text().split()
+    assert args[:3] == ["-m", "monailabel.main", "start_server"]
+    assert " ".join(args[3:]).startswith(f"--app {workdir / 'app'} --studies {view} --host 127.0.0.1 --port 8123")
+    bundle = workdir / "app" / "model" / BUNDLE_NAME
+    assert (bundle / "models" / "model.pt").read_bytes() == (REPO_ROOT / "models" / "model.pt").read_bytes()
+    assert (bundle / "configs" / "inference.json").is_file() and (bundle / "scripts" / "network.py").is_file()
+    assert (workdir / "app" / "main.py").is_file()
+
+    (view / "labels" / "final").mkdir(parents=True)
+    (view / "labels" / "final" / "flat.nii.gz").write_text("a saved label")
+    (studies / "other.nii").unlink()
+    before.pop("other.nii")
+    proc = _serve("--studies", str(studies), "--port", "8123", "--workdir", str(workdir), env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in view.glob("*.nii*")) == ["flat.nii.gz", "sub-01.nii.gz"]
+    assert (view / "labels" / "final" / "flat.nii.gz").read_text() == "a saved label"
+    assert _tree(studies) == before
+
+    (studies / "sub-01.nii.gz").write_bytes(image.read_bytes())
+    proc = _serve("--studies", str(studies), "--workdir", str(workdir), env=env)
+    assert proc.returncode == 2 and "would both be served as sub-01" in proc.stderr, proc.stderr
