@@ -20,7 +20,7 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 bundle_name=metaseg_brain_mri_segmentation  # the model id served by MONAI Label (the Model Zoo package's name)
 marker=.metaseg-monailabel
 
-usage() { sed -n '2,17p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 die() {
     echo "serve_monailabel: $*" >&2
     exit 2
