@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -431,14 +432,31 @@ def _is_complete(dataset_dir: Path, manifest: dict | None, params: dict) -> bool
     return all((dataset_dir / f).is_file() for f in manifest.get("files", []))
 
 
+def _foreign_entries(dataset_dir: Path, manifest: dict) -> list[str]:
+    """Top-level entries of ``dataset_dir`` that the generator run described by ``manifest`` did not write."""
+    ours = {MANIFEST_NAME} | {Path(f).parts[0] for f in manifest.get("files", [])}
+    return sorted(set(os.listdir(dataset_dir)) - ours)
+
+
+def _foreign_hint(dataset_dir: Path, foreign: list[str]) -> str:
+    """How to get rid of ``foreign`` entries of ``dataset_dir`` (and where MONAI Label's come from)."""
+    shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+    hint = f"dataset_dir {dataset_dir} holds files the demo-data generator did not write ({shown})"
+    if {".lock", "labels", "datastore_v2.json"} & set(foreign):
+        hint += (
+            "; .lock, labels/ and datastore_v2.json are what MONAI Label writes into its studies folder: serve the "
+            f"demo images with tools/serve_monailabel.sh --studies {dataset_dir}, which only reads it"
+        )
+    return hint + f". Move them out of {dataset_dir} or delete them."
+
+
 def _check_not_foreign(dataset_dir: Path, manifest: dict | None) -> None:
-    """Refuse to touch a non-empty directory whose content was not written by this generator."""
+    """Refuse to (re)generate into a non-empty directory whose content was not all written by this generator."""
     if not dataset_dir.exists():
         return
     if not dataset_dir.is_dir():
         raise ValueError(f"demo dataset_dir {dataset_dir} exists and is not a directory")
-    entries = set(os.listdir(dataset_dir))
-    if not entries:
+    if not os.listdir(dataset_dir):
         return
     if manifest is None:
         raise ValueError(
@@ -446,12 +464,11 @@ def _check_not_foreign(dataset_dir: Path, manifest: dict | None) -> None:
             f"{MANIFEST_NAME}); refusing to overwrite it. Point dataset_dir at an empty or new folder, or use the "
             "real neurite-oasis data there with the demo data disabled."
         )
-    ours = {MANIFEST_NAME} | {Path(f).parts[0] for f in manifest.get("files", [])}
-    foreign = sorted(entries - ours)
+    foreign = _foreign_entries(dataset_dir, manifest)
     if foreign:
         raise ValueError(
-            f"dataset_dir {dataset_dir} holds files not written by the demo-data generator ({foreign[:5]}); "
-            "refusing to overwrite it."
+            _foreign_hint(dataset_dir, foreign)
+            + " The demo data must be regenerated there; refusing until they are gone."
         )
 
 
@@ -474,7 +491,9 @@ def prepare_demo_data(
     ``train``, ``val``, ``test`` and ``test_shifted`` (``num_test_shifted`` out-of-distribution subjects, as many as
     ``num_test`` by default; see ``_draw_params``). Generation happens in a temporary sibling directory that replaces
     ``dataset_dir`` only when complete; a non-empty ``dataset_dir`` not created by this generator is refused with
-    ``ValueError``.
+    ``ValueError``. Files another program left in a complete demo folder (e.g. MONAI Label's ``.lock`` and
+    ``labels/``) are named in a warning and otherwise ignored; they are refused, named, only when the folder has to be
+    regenerated.
     """
     if spatial_dims not in (2, 3):
         raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
@@ -486,9 +505,12 @@ def prepare_demo_data(
     out = Path(dataset_dir).expanduser().absolute()
     splits_path = out / SPLITS_NAME[spatial_dims]
     manifest = _read_manifest(out)
-    _check_not_foreign(out, manifest)
     if not overwrite and _is_complete(out, manifest, params) and splits_path.is_file():
+        foreign = _foreign_entries(out, manifest)
+        if foreign:  # the demo data are intact and read by name: say so, and go on
+            logging.getLogger(__name__).warning(_foreign_hint(out, foreign) + " They are not used.")
         return str(splits_path)
+    _check_not_foreign(out, manifest)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f"{out.name}.tmp-", dir=out.parent))

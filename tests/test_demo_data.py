@@ -114,6 +114,24 @@ def test_refuses_foreign_directory(tmp_path):
     assert (demo / "notes.txt").exists()
 
 
+def test_foreign_files_in_complete_demo_folder_are_named_not_fatal(tmp_path, caplog):
+    """What MONAI Label leaves in a studies folder: named with the fix; reading goes on, regenerating is refused."""
+    demo = tmp_path / "demo"
+    splits = prepare_demo_data(str(demo), num_train=1, num_val=1, num_test=1)
+    listed = Path(splits).read_text()
+    (demo / ".lock").write_text("")
+    (demo / "labels" / "final").mkdir(parents=True)
+    with caplog.at_level("WARNING", logger="scripts.demo_data"):
+        assert prepare_demo_data(str(demo), num_train=1, num_val=1, num_test=1) == splits
+    warning = caplog.text
+    assert ".lock, labels" in warning and "tools/serve_monailabel.sh --studies" in warning, warning
+    assert "Move them out of" in warning and "not used" in warning
+    with pytest.raises(ValueError, match=r"\(\.lock, labels\).*Move them out of .*regenerated there; refusing"):
+        prepare_demo_data(str(demo), num_train=2, num_val=1, num_test=1)
+    assert (demo / ".lock").exists() and (demo / "labels" / "final").is_dir()
+    assert Path(splits).read_text() == listed
+
+
 def test_invalid_arguments(tmp_path):
     with pytest.raises(ValueError):
         prepare_demo_data(str(tmp_path / "x"), spatial_dims=4)

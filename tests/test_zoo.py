@@ -149,7 +149,9 @@ def test_large_files_hash_matches_the_shipped_weights(path):
     assert hashlib.sha256((REPO_ROOT / path).read_bytes()).hexdigest() == entry.group(1)
 
 
-@pytest.mark.parametrize("path", ["models/model.ts", ".venv-monailabel/bin/python", "dist/x.zip"])
+@pytest.mark.parametrize(
+    "path", ["models/model.ts", ".venv-monailabel/bin/python", "dist/x.zip", "monailabel_app/studies/.lock"]
+)
 def test_generated_files_are_git_ignored(path):
     proc = subprocess.run(["git", "check-ignore", "-q", path], cwd=REPO_ROOT)
     assert proc.returncode == 0, f"{path} is not ignored by .gitignore"
