@@ -62,7 +62,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))  # `python benchmarks/<name>.py` from anywhere: the bundle's scripts
 # isort: split
 
-from scripts.compare import require_weights  # noqa: E402
+from scripts.checkpoint import require_weights  # noqa: E402
 from scripts.intensity import brain_intensity_range, brain_threshold  # noqa: E402
 
 PREPROCESSING = "preprocessing#transforms"

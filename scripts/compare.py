@@ -27,19 +27,13 @@ from monai.bundle import ConfigWorkflow
 from monai.metrics import DiceMetric, PSNRMetric
 from torch.nn import functional as F
 
+from .checkpoint import require_weights
 from .inferer import MetaSegInferer
 from .plots import hconcat, image_grid, label_palette, line_plot, overlay_rgb, pca_rgb, save_png
 
-__all__ = ["require_weights", "read_peak_memory", "ModelComparison"]
+__all__ = ["read_peak_memory", "ModelComparison"]
 
 logger = logging.getLogger(__name__)
-
-
-def require_weights(path: str, what: str, command: str) -> str:
-    """``path`` if it is a file, else a ``FileNotFoundError`` naming the file and the command that produces it."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{what} weights not found: {path}. Produce them with: {command}")
-    return path
 
 
 def _proc_status_kb(field: str) -> int | None:

@@ -1,4 +1,4 @@
-"""The bundle's image -> class logits callable: MetaSeg's coordinate network wrapped with its fit-then-decode inferer."""
+"""The image -> class logits callable: MetaSeg's coordinate network wrapped with its fit-then-decode inferer."""
 
 from __future__ import annotations
 

@@ -15,10 +15,10 @@ import torch
 from ignite.engine import Engine, Events
 from monai.handlers import CheckpointSaver
 
+from scripts.checkpoint import AtomicCheckpointSaver, TrainingCheckpointSaver
 from scripts.handlers import MetricsSummaryHandler, write_json_atomic
-from scripts.io import AtomicCheckpointSaver, AtomicMetricsSaver, AtomicNiftiWriter, remove_stale_temp_files
 from scripts.network import MetaSegINR
-from scripts.resume import TrainingCheckpointSaver
+from scripts.outputs import AtomicMetricsSaver, AtomicNiftiWriter, remove_stale_temp_files
 
 
 class DiskFull(OSError):

@@ -10,7 +10,7 @@ import pytest
 from conftest import run_inference_on_files, save_tiny_metaseg
 
 from scripts.demo_data import generate_subject
-from scripts.io import SubjectFolderLayout, output_parent_levels
+from scripts.outputs import SubjectFolderLayout, output_parent_levels
 
 
 @pytest.mark.parametrize(
