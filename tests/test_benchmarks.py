@@ -6,7 +6,8 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO_ROOT
+
+from tests.utils import REPO_ROOT
 
 SCRIPTS = sorted(p.name for p in (REPO_ROOT / "benchmarks").glob("*.py"))
 

@@ -6,9 +6,9 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO_ROOT
 
 import scripts
+from tests.utils import REPO_ROOT
 
 
 def _modules_after(code: str) -> set[str]:

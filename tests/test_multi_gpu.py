@@ -8,7 +8,8 @@ import subprocess
 import sys
 
 import torch
-from conftest import REPO_ROOT, TINY_NET, tiny_metaseg
+
+from tests.utils import REPO_ROOT, TINY_NET, tiny_metaseg
 
 # test-only: every rank saves its weights after meta-training and at the end, before the group is destroyed; the
 # meta-training step of multi_gpu_train.json's run list is found by its content, not by its position

@@ -2,9 +2,9 @@
 
 import pytest
 import torch
-from conftest import REPO_ROOT
 
 from scripts.network import TRUNK_PREFIXES, MetaSegINR
+from tests.utils import REPO_ROOT
 
 
 def test_reference_size_and_shapes():

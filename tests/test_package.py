@@ -10,9 +10,9 @@ import zipfile
 
 import nibabel as nib
 import numpy as np
-from conftest import REPO_ROOT
 
 from scripts.package_bundle import BUNDLE_NAME, package_bundle
+from tests.utils import REPO_ROOT
 
 
 def test_zip_is_named_and_laid_out_like_a_zoo_release(tmp_path):

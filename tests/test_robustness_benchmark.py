@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO_ROOT, TINY_NET, data_args, save_tiny_metaseg
 from monai.networks.nets import BasicUNet
 
 from scripts.demo_data import prepare_demo_data
+from tests.utils import REPO_ROOT, TINY_NET, data_args, save_tiny_metaseg
 
 SCRIPT = REPO_ROOT / "benchmarks" / "robustness.py"
 ROWS = [

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO_ROOT, config_metaseg, run_bundle, tiny_metaseg
 
 from scripts.segmenter import MetaSegSegmenter
+from tests.utils import REPO_ROOT, config_metaseg, run_bundle, tiny_metaseg
 
 META = "configs/metadata.json"
 SCHEMA = REPO_ROOT / "tests" / "meta_schema.json"  # meta_schema_20240725.json of MONAI-extra-test-data 0.8.1
