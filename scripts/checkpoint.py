@@ -49,6 +49,9 @@ __all__ = [
 ]
 
 
+# --- Reading and checking weights ---
+
+
 def read_checkpoint(path: str, map_location: Any = None) -> Mapping[str, Any]:
     """``torch.load(path, weights_only=True)`` with errors naming ``path``: missing, empty, truncated, unsafe files."""
     path = str(path)
@@ -220,6 +223,9 @@ def require_weights(path: str, what: str, command: str) -> str:
     return path
 
 
+# --- Saving atomically ---
+
+
 class AtomicDiskSaver(DiskSaver):
     """ignite ``DiskSaver`` with ``atomic=True``, optionally under one fixed file name that is replaced, never deleted.
 
@@ -272,6 +278,9 @@ class AtomicCheckpointSaver(CheckpointSaver):
             return {}
         state = self._key_metric_checkpoint.state_dict()  # {"_saved": [(score, filename), ...]}
         return {k: [(float(p), str(f)) for p, f in v] for k, v in state.items()}
+
+
+# --- Resuming a training stage ---
 
 
 def _randomizables(obj: Any, seen: set[int] | None = None) -> list[Randomizable]:
