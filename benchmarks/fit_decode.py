@@ -14,7 +14,7 @@ matmul GFLOPS achieved (matrix products counted analytically, elementwise work n
 measured fp32 matmul peak; then the time of one second-order meta-training step, reference style (all pixels, plain
 loop) against :class:`scripts.trainer.MetaSegTrainer` at the ``configs/train.json`` settings.
 
-    python benchmarks/fit_decode.py --num_images 20 --output eval/benchmark.json
+    python -m benchmarks.fit_decode --num_images 20 --output eval/benchmark.json
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -35,15 +34,13 @@ from monai.metrics import DiceMetric, PSNRMetric
 from monai.networks.utils import one_hot
 from torch.nn import functional as F
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))  # `python benchmarks/<name>.py` from anywhere: the bundle's scripts
-# isort: split
+from scripts.fitting import adam_fit, coordinate_grid, flatten_image
+from scripts.inferer import MetaSegInferer
+from scripts.measure import read_peak_memory
+from scripts.network import TRUNK_PREFIXES, MetaSegINR
+from scripts.trainer import MetaSegTrainer
 
-from scripts.fitting import adam_fit, coordinate_grid, flatten_image  # noqa: E402
-from scripts.inferer import MetaSegInferer  # noqa: E402
-from scripts.measure import read_peak_memory  # noqa: E402
-from scripts.network import TRUNK_PREFIXES, MetaSegINR  # noqa: E402
-from scripts.trainer import MetaSegTrainer  # noqa: E402
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def matmul_peak_gflops(n: int = 2048, repeats: int = 10) -> float:

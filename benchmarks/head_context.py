@@ -6,7 +6,7 @@ fitted features of the training images (DiceFocal loss, Adam with cosine decay, 
 and test images (mean foreground Dice of the argmax on the 192x192 grid, as ``run evaluating`` computes it). The
 trunk is the same for all variants, so the table isolates what the head reads. Results: docs/README.md.
 
-    python benchmarks/head_context.py --model models/model.pt --iters 1500 \\
+    python -m benchmarks.head_context --model models/model.pt --iters 1500 \\
         --variant point=0,4,128,1 --variant ctx4=1,4,256,2 --variant ctx8=1,8,256,2
 
 A variant is ``name=context_radius,context_step,head_channels,head_layers`` (``MetaSegINR`` arguments).
@@ -15,7 +15,6 @@ A variant is ``name=context_radius,context_step,head_channels,head_layers`` (``M
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
@@ -25,13 +24,11 @@ from monai.losses import DiceFocalLoss
 from monai.metrics import DiceMetric
 from monai.networks.utils import one_hot
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))  # `python benchmarks/<name>.py` from anywhere: the bundle's scripts
-# isort: split
+from scripts.fitting import gather_neighbours, grid_neighbour_index
+from scripts.inferer import MetaSegInferer
+from scripts.network import TRUNK_PREFIXES, MetaSegINR
 
-from scripts.fitting import gather_neighbours, grid_neighbour_index  # noqa: E402
-from scripts.inferer import MetaSegInferer  # noqa: E402
-from scripts.network import TRUNK_PREFIXES, MetaSegINR  # noqa: E402
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def load_split(parser: ConfigParser, split: str, limit: int | None) -> tuple[torch.Tensor, torch.Tensor]:

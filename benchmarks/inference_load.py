@@ -6,7 +6,7 @@ resident memory (``VmRSS``, and the peak ``VmHWM``, from ``/proc/self/status``) 
 readings at a few points and whether RSS grew between image ``--compare_from`` and the last one (maxima over
 10-image windows, since single readings swing with the allocator).
 
-    python benchmarks/inference_load.py --num_images 200 --fit_steps 2
+    python -m benchmarks.inference_load --num_images 200 --fit_steps 2
 
 Linux only (``/proc``). Exit status 1 when the growth exceeds ``--tolerance_mb``.
 """
@@ -22,7 +22,6 @@ import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
 
 
 def memory_mb() -> dict[str, float]:

@@ -13,13 +13,12 @@ subjects, and both maps are compared by the spread of the median normalized cort
 validation subjects and perturbations. ``scripts.intensity.NormalizeBrainIntensity`` and the configs'
 ``normalize_intensity`` use the result (docs/benchmarks.md).
 
-    python benchmarks/intensity_reference.py --num_subjects 20
+    python -m benchmarks.intensity_reference --num_subjects 20
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -27,18 +26,15 @@ import numpy as np
 import torch
 from monai.transforms import AdjustContrast, GaussianSmooth, RandBiasField
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))  # `python benchmarks/<name>.py` from anywhere: the bundle's scripts
-# isort: split
-
-from scripts.demo_data import generate_subject  # noqa: E402
-from scripts.intensity import (  # noqa: E402
+from scripts.demo_data import generate_subject
+from scripts.intensity import (
     NormalizeBrainIntensity,
     brain_contrast_landmarks,
     brain_intensity_range,
     brain_threshold,
 )
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
 # the demo splits' subject indices (configs/train.json: 80 train, 20 val, 20 test, 20 test_shifted)
 NUM_TRAIN = 80
 VAL_FIRST_INDEX = 81
@@ -127,7 +123,7 @@ def main() -> None:
                 f"{every.mean():.3f} ({every.std() / every.mean():.3f})",
             ]
         print(f"| {label} | " + " | ".join(cells) + " |")
-    print(f"\ncommand: python benchmarks/intensity_reference.py --num_subjects {args.num_subjects}")
+    print(f"\ncommand: python -m benchmarks.intensity_reference --num_subjects {args.num_subjects}")
 
 
 def measure_contrast_value(seed: int, contrast_percentile: float) -> tuple[float, float]:

@@ -34,7 +34,7 @@ after the workflow is built, so both models see the same noise); every run start
 ``monai.utils.set_determinism(seed)`` as the bundle's ``initialize`` does, so MetaSeg's test-time fit draws the same
 pixels in every row. ``drop`` is the clean Dice minus the perturbed Dice.
 
-    python benchmarks/robustness.py --output eval/robustness.json
+    python -m benchmarks.robustness --output eval/robustness.json
 
 ``--set KEY=VALUE`` (repeatable) overrides a config id (value parsed as JSON, else kept as a string) in each selected
 model's config that defines that id, e.g. ``--set fit_steps=20`` (MetaSeg only) or ``--set device=cpu`` (both).
@@ -58,13 +58,10 @@ from monai.bundle import ConfigParser
 from monai.transforms import Compose, Randomizable
 from monai.utils import set_determinism
 
+from scripts.checkpoint import require_weights
+from scripts.intensity import brain_intensity_range, brain_threshold
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))  # `python benchmarks/<name>.py` from anywhere: the bundle's scripts
-# isort: split
-
-from scripts.compare import require_weights  # noqa: E402
-from scripts.intensity import brain_intensity_range, brain_threshold  # noqa: E402
-
 PREPROCESSING = "preprocessing#transforms"
 NORMALIZE = "[@normalize_intensity]"
 PERTURBATION = "perturbation"
@@ -346,7 +343,7 @@ def main(argv: list[str] | None = None) -> dict:
         for m in models:
             row[m]["drop"] = rows[0][m]["dice"] - row[m]["dice"]
 
-    command = shlex.join(["python", *(sys.argv if argv is None else [sys.argv[0], *argv])])
+    command = shlex.join(["python", "-m", "benchmarks.robustness", *(sys.argv[1:] if argv is None else argv)])
     print()
     print(markdown_table(rows, models))
     print()

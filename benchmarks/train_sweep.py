@@ -8,7 +8,7 @@ run leaves most of the device idle). The table of test Dice, PSNR and wall times
 
 Example (the default settings, and 3x the meta-training epochs)::
 
-    python benchmarks/train_sweep.py --work_dir sweep --parallel 2 \
+    python -m benchmarks.train_sweep --work_dir sweep --parallel 2 \
         --setting "base=" --setting "ep180=--train#trainer#max_epochs 180"
 """
 

@@ -19,23 +19,17 @@ from typing import Any
 import torch
 from monai.bundle import ConfigWorkflow
 
+from .checkpoint import require_weights
 from .handlers import write_json_atomic
 from .inferer import MetaSegInferer
-from .io import atomic_path
 from .measure import fit_steps_sweep, read_train_time, run_evaluation, system_info
+from .outputs import atomic_path
 from .plots import save_png
 from .report import fit_steps_figure, overlay_figure, pca_figure, render
 
-__all__ = ["require_weights", "ModelComparison"]
+__all__ = ["ModelComparison"]
 
 logger = logging.getLogger(__name__)
-
-
-def require_weights(path: str, what: str, command: str) -> str:
-    """``path`` if it is a file, else a ``FileNotFoundError`` naming the file and the command that produces it."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{what} weights not found: {path}. Produce them with: {command}")
-    return path
 
 
 class ModelComparison:

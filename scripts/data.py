@@ -11,6 +11,8 @@ from typing import Any
 
 from monai.data import Dataset
 
+from .options import as_bool
+
 __all__ = ["LABEL_KEYS", "load_datalist", "image_datalist", "InputDataset", "InputCheck", "transform_error_cause"]
 
 # splits-file entry key of the label map for each supported number of classes (background included)
@@ -162,8 +164,6 @@ class InputCheck:
     def __init__(
         self, transform: Callable, skip_failed: Any = False, report_path: str | None = None, image_key: str = "image"
     ) -> None:
-        from .overrides import as_bool
-
         self.transform = transform
         self.skip_failed = as_bool(skip_failed, "skip_failed")
         self.report_path = report_path
@@ -202,7 +202,7 @@ class InputCheck:
             if os.path.isfile(self.report_path):
                 os.remove(self.report_path)
             return
-        from .io import atomic_path
+        from .outputs import atomic_path
 
         with atomic_path(self.report_path) as tmp, open(tmp, "w", newline="") as f:
             writer = csv.writer(f)

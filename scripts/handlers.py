@@ -16,7 +16,7 @@ from ignite.engine import Engine, Events
 from monai.engines.utils import IterationEvents
 
 from .evaluator import FIT_TIME_KEY
-from .io import atomic_path
+from .outputs import atomic_path
 
 __all__ = ["MetricsSummaryHandler", "InferenceTimer", "TrainingTimeRecorder", "INFER_TIME_KEY", "write_json_atomic"]
 

@@ -37,8 +37,8 @@ class MetaSegINR(nn.Module):
     of evaluating the trunk again.
 
     ``forward(coords)`` takes coordinates ``[B, N, spatial_dims]`` in ``[-1, 1]`` and returns ``[B, N, 1 + C]``:
-    channel 0 is the intensity, channels ``1..C`` the class logits (given an image batch instead, ``forward`` runs
-    :meth:`segment`, the bundle's fit-then-decode). :meth:`functional_forward` evaluates the same
+    channel 0 is the intensity, channels ``1..C`` the class logits (images are segmented by the fit-then-decode of
+    :class:`scripts.segmenter.MetaSegSegmenter`). :meth:`functional_forward` evaluates the same
     network with an explicit parameter dictionary whose tensors may carry a leading per-sample batch dimension, which
     is how the inner loops of meta-training and the test-time fit run many images at once.
 
@@ -216,17 +216,17 @@ class MetaSegINR(nn.Module):
         return _linear(x, p[f"head.{last}.weight"], p[f"head.{last}.bias"])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Points or an image batch, told apart by the number of dimensions.
+        """Coordinates ``[B, N, spatial_dims]`` -> ``[B, N, out_channels + num_classes]`` (intensity, then logits).
 
-        - coordinates ``[B, N, spatial_dims]`` -> ``[B, N, out_channels + num_classes]`` (intensity, then logits):
-          the network itself, evaluated with its stored weights. This is the only path TorchScript exports.
-        - images ``[B, out_channels, *spatial]`` -> class logits ``[B, num_classes, *spatial]``: the bundle's
-          image -> label contract (``network_data_format`` in ``configs/metadata.json``), i.e. :meth:`segment`.
+        The network itself, evaluated with its stored weights; this is the path TorchScript exports. Images are
+        segmented by the fit-then-decode of :class:`scripts.segmenter.MetaSegSegmenter` (or
+        :class:`scripts.inferer.MetaSegInferer` with this network).
         """
-        if x.dim() != 3:
-            return self.segment(x)
-        if x.shape[-1] != self.spatial_dims:
-            raise ValueError(f"MetaSegINR expects coordinates [B, N, {self.spatial_dims}], got last dim {x.shape[-1]}.")
+        if x.dim() != 3 or x.shape[-1] != self.spatial_dims:
+            raise ValueError(
+                f"MetaSegINR takes coordinates [B, N, {self.spatial_dims}], got a tensor of shape {list(x.shape)} "
+                "(segment images with scripts.segmenter.MetaSegSegmenter)."
+            )
         h = self._module_trunk(x)
         if self.context_radius > 0:
             head_in = self._module_trunk(self._neighbour_coords(x)).reshape(x.shape[0], x.shape[1], -1)
@@ -238,19 +238,3 @@ class MetaSegINR(nn.Module):
         for layer in self.trunk:
             x = torch.sin(self.omega0 * layer(x))
         return x
-
-    @torch.jit.unused
-    def segment(self, image: torch.Tensor) -> torch.Tensor:
-        """Fit-then-decode ``image`` ``[B, out_channels, *spatial]`` -> class logits ``[B, num_classes, *spatial]``.
-
-        Delegates to :class:`scripts.inferer.MetaSegInferer` with its default fit settings (those of the configs);
-        the network's own weights are not modified. Eager mode only: fitting needs autograd.
-        """
-        if image.dim() != self.spatial_dims + 2:
-            raise ValueError(
-                f"MetaSegINR takes coordinates [B, N, {self.spatial_dims}] or images [B, {self.out_channels}, "
-                f"*spatial] with {self.spatial_dims} spatial dims, got a tensor of shape {tuple(image.shape)}."
-            )
-        from .inferer import MetaSegInferer  # local import: the inferer module imports this one
-
-        return MetaSegInferer()(image, self)

@@ -20,7 +20,9 @@ from typing import Any
 from monai.bundle import ConfigParser
 from monai.bundle import scripts as bundle_scripts
 
-__all__ = ["as_bool", "cli_overrides", "config_ids", "unknown_overrides", "check_cli_overrides"]
+from .options import as_bool
+
+__all__ = ["cli_overrides", "config_ids", "unknown_overrides", "check_cli_overrides"]
 
 # arguments of ``monai.bundle run`` / ``ConfigWorkflow`` that are not config ids
 RUN_ARGS = {
@@ -30,19 +32,6 @@ RUN_ARGS = {
     "properties_path",
     "config_root",
 } - {"override"}
-
-
-def as_bool(value: Any, name: str) -> bool:
-    """A boolean option given as a bool or, from the command line, as ``true``/``false`` (``fire`` keeps those as
-    strings, and ``"false"`` is truthy); anything else is a ``ValueError`` naming the option."""
-    if isinstance(value, (bool, int)) and value in (0, 1):
-        return bool(value)
-    text = str(value).strip().lower()
-    if text in ("true", "1", "yes", "on"):
-        return True
-    if text in ("false", "0", "no", "off", "none", ""):
-        return False
-    raise ValueError(f"--{name} must be true or false, got {value!r}.")
 
 
 def _parse_value(raw: str) -> Any:

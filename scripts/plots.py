@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .io import atomic_path
+from .outputs import atomic_path
 
 __all__ = [
     "label_palette",

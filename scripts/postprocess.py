@@ -17,8 +17,8 @@ from monai.transforms import Invertd, MapTransform
 from monai.utils import ImageMetaKey
 from torch.nn import functional as F
 
-from .io import SubjectFolderLayout
-from .overrides import as_bool
+from .options import as_bool
+from .outputs import SubjectFolderLayout
 from .plots import overlay_rgb, save_png
 
 __all__ = ["softmax_entropy", "UncertaintyMapd", "SaveOverlayd"]
@@ -84,7 +84,7 @@ class SaveOverlayd(MapTransform):
     ``keys`` is the label map (after ``argmax``, on the original image grid, possibly ``output_scale`` times finer).
     The image under ``image_key`` is still the preprocessed one, so it is brought back to the original grid with the
     inverse of ``transform`` (the preprocessing) and, if the label map is finer, resized (bilinear) to it. Files are
-    named like the label output (:class:`scripts.io.SubjectFolderLayout`) and written atomically.
+    named like the label output (:class:`scripts.outputs.SubjectFolderLayout`) and written atomically.
 
     Args:
         keys: the label map key (one key).

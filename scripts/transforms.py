@@ -93,7 +93,7 @@ class ValidateMetaSegInputd(MapTransform):
             squeezed += 1
         if squeezed and isinstance(getattr(x, "meta", None), dict):
             # the metadata describes the squeezed array (so writers do not take the channel for a spatial axis);
-            # scripts.io.AtomicNiftiWriter gives the saved output the dropped axes back
+            # scripts.outputs.AtomicNiftiWriter gives the saved output the dropped axes back
             x.meta[SQUEEZED_AXES_KEY] = squeezed
             x.meta["spatial_shape"] = np.asarray(x.shape[1:])
         if x.dim() != self.spatial_dims + 1 or x.shape[0] != 1:

@@ -15,10 +15,10 @@ import torch
 from ignite.engine import Engine, Events
 from monai.handlers import CheckpointSaver
 
+from scripts.checkpoint import AtomicCheckpointSaver, TrainingCheckpointSaver
 from scripts.handlers import MetricsSummaryHandler, write_json_atomic
-from scripts.io import AtomicCheckpointSaver, AtomicMetricsSaver, AtomicNiftiWriter, remove_stale_temp_files
 from scripts.network import MetaSegINR
-from scripts.resume import TrainingCheckpointSaver
+from scripts.outputs import AtomicMetricsSaver, AtomicNiftiWriter, remove_stale_temp_files
 
 
 class DiskFull(OSError):
@@ -184,9 +184,8 @@ def test_stale_temp_files_of_dead_writers_are_removed(tmp_path):
 def test_inference_cleans_a_killed_runs_temp_files_and_keeps_umask(tmp_path):
     """End to end: ``run inference`` into a folder holding a killed run's temp file removes it; outputs are 0644
     under umask 022 (they were 0600 before)."""
-    from conftest import run_inference_on_files, save_tiny_metaseg
-
     from scripts.demo_data import generate_subject
+    from tests.utils import run_inference_on_files, save_tiny_metaseg
 
     img, _ = generate_subject(0, 1)
     (tmp_path / "in" / "sub01").mkdir(parents=True)

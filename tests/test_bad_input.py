@@ -12,7 +12,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import data_args, run_bundle, tiny_metaseg
+
+from tests.utils import data_args, run_bundle, tiny_metaseg
 
 INFER = "['configs/inference.json']"
 EVAL = "['configs/inference.json','configs/evaluate.json']"

@@ -8,9 +8,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import run_inference_on_files, save_tiny_metaseg
 
 from scripts.demo_data import generate_subject
+from tests.utils import run_inference_on_files, save_tiny_metaseg
 
 
 @pytest.fixture(scope="module")

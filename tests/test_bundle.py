@@ -9,7 +9,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import REPO_ROOT, config_metaseg, data_args, run_bundle, tiny_metaseg
+
+from tests.utils import REPO_ROOT, config_metaseg, data_args, run_bundle, tiny_metaseg
 
 INFER = "['configs/inference.json']"
 EVAL = "['configs/inference.json','configs/evaluate.json']"

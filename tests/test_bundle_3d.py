@@ -9,8 +9,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import REPO_ROOT, TINY_NET, data_args, run_bundle, save_tiny_metaseg
 from PIL import Image
+
+from tests.utils import REPO_ROOT, TINY_NET, data_args, run_bundle, save_tiny_metaseg
 
 TRAIN_3D = "['configs/train.json','configs/train_3d.json']"
 INFER_3D = "['configs/inference.json','configs/inference_3d.json']"

@@ -1,4 +1,4 @@
-"""Checked, weights-only checkpoint loading; RNG state round trip; unknown command-line overrides."""
+"""Checked, weights-only checkpoint loading; RNG state round trip."""
 
 from __future__ import annotations
 
@@ -9,13 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from scripts.checkpoint import architecture_of, load_network_checked, read_checkpoint
+from scripts.checkpoint import RNGState, architecture_of, load_network_checked, read_checkpoint
 from scripts.network import MetaSegINR
-from scripts.overrides import as_bool, cli_overrides, unknown_overrides
-from scripts.resume import RNGState
 
 TINY = dict(hidden_channels=16, num_sine_layers=2, head_channels=16)
-BUNDLE_MAIN = "/venv/lib/python3.11/site-packages/monai/bundle/__main__.py"
 
 
 def _save(path: Path, obj) -> Path:
@@ -94,34 +91,3 @@ def test_rng_state_round_trip_through_a_weights_only_file(tmp_path):
     state.load_state_dict(torch.load(path, weights_only=True))
     again = (random.random(), np.random.rand(), torch.rand(3))
     assert first[:2] == again[:2] and torch.equal(first[2], again[2])
-
-
-def test_cli_overrides_parsing():
-    argv = [BUNDLE_MAIN, "run", "training", "--config_file", "configs/train.json", "--fit_stepz", "3", "--a#b=4"]
-    assert cli_overrides(argv) == {"config_file": "configs/train.json", "fit_stepz": "3", "a#b": "4"}
-    assert cli_overrides(["pytest", "-q"]) is None
-    assert cli_overrides([BUNDLE_MAIN, "verify_metadata", "--x", "1"]) is None
-
-
-def test_unknown_overrides_with_suggestions():
-    config = {"fit_steps": 2, "train": {"trainer": {"max_epochs": 3}}, "t": [{"keys": "image"}]}
-    unknown = unknown_overrides(
-        ["fit_steps", "fit_stepz", "train#trainer#max_epochs", "train#trainer#max_epoch", "t#0#keys", "config_file"],
-        config,
-    )
-    assert {k: v[0] for k, v in unknown.items()} == {
-        "fit_stepz": "fit_steps",
-        "train#trainer#max_epoch": "train#trainer#max_epochs",
-    }
-
-
-@pytest.mark.parametrize(
-    "value,expected", [(True, True), ("true", True), ("False", False), ("false", False), (0, False)]
-)
-def test_as_bool(value, expected):
-    assert as_bool(value, "resume") is expected
-
-
-def test_as_bool_rejects_other_values():
-    with pytest.raises(ValueError, match="--resume must be true or false, got 'maybe'"):
-        as_bool("maybe", "resume")

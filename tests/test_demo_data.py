@@ -2,16 +2,13 @@
 
 import json
 import os
-import sys
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from scripts.demo_data import DEMO_SUBJECT_FMT, prepare_demo_data  # noqa: E402
+from scripts.demo_data import DEMO_SUBJECT_FMT, prepare_demo_data
 
 SMALL = {"num_train": 3, "num_val": 1, "num_test": 1}
 

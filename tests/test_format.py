@@ -6,7 +6,8 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO_ROOT
+
+from tests.utils import REPO_ROOT
 
 PATHS = [p for p in ("scripts", "tests", "benchmarks", "tools") if (REPO_ROOT / p).is_dir()]
 

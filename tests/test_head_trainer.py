@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import torch
-from conftest import tiny_metaseg
 from monai.data import MetaTensor
 from monai.losses import DiceFocalLoss
 
 from scripts.head_trainer import HeadFineTuneTrainer
 from scripts.inferer import MetaSegInferer
+from tests.utils import tiny_metaseg
 
 
 def test_cached_fit_is_used_with_its_own_labels():

@@ -9,8 +9,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import data_args, run_bundle, save_tiny_metaseg
 from PIL import Image
+
+from tests.utils import data_args, run_bundle, save_tiny_metaseg
 
 INFER = "['configs/inference.json']"
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import run_inference_on_files, save_tiny_metaseg
 
 from scripts.demo_data import AFFINE, generate_subject
+from tests.utils import run_inference_on_files, save_tiny_metaseg
 
 
 @pytest.mark.parametrize("scale", [1, 2])

@@ -8,7 +8,6 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import REPO_ROOT, run_inference_on_files, save_tiny_metaseg
 from monai.data import MetaTensor
 
 from scripts.demo_data import generate_subject
@@ -19,6 +18,7 @@ from scripts.intensity import (
     brain_intensity_range,
     otsu_threshold,
 )
+from tests.utils import REPO_ROOT, run_inference_on_files, save_tiny_metaseg
 
 CONFIGS = ["configs/train.json", "configs/inference.json"]  # configs/train_unet.json layers on train.json
 

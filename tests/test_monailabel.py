@@ -20,7 +20,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import REPO_ROOT
+
+from tests.utils import REPO_ROOT
 
 ML_PYTHON = os.environ.get("METASEG_MONAILABEL_PYTHON", "")
 requires_monailabel = pytest.mark.skipif(

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO_ROOT, TINY_NET, data_args, run_bundle, save_tiny_metaseg, tiny_metaseg
+
+from tests.utils import REPO_ROOT, TINY_NET, data_args, run_bundle, save_tiny_metaseg, tiny_metaseg
 
 # test-only: every rank saves its weights after meta-training and at the end, before the group is destroyed; the
 # meta-training step of multi_gpu_train.json's run list is found by its content, not by its position

@@ -2,9 +2,9 @@
 
 import pytest
 import torch
-from conftest import REPO_ROOT
 
 from scripts.network import TRUNK_PREFIXES, MetaSegINR
+from tests.utils import REPO_ROOT
 
 
 def test_reference_size_and_shapes():
@@ -94,8 +94,8 @@ def test_torchscript_matches_eager_on_coordinates():
 
 
 def test_inferer_defaults_are_the_configs_fit_settings():
-    """``network(image)`` (MetaSegInferer's defaults), ``run inference`` and training (validation, the head's
-    features) fit images the same way."""
+    """``MetaSegSegmenter(network)(image)`` (MetaSegInferer's defaults), ``run inference`` and training (validation,
+    the head's features) fit images the same way."""
     import json
     from inspect import signature
 
@@ -108,18 +108,29 @@ def test_inferer_defaults_are_the_configs_fit_settings():
             assert cfg[key] == defaults[key].default, (config, key)
 
 
-def test_image_forward_is_the_fit_then_decode_contract():
+def test_segmenter_is_the_fit_then_decode_contract():
     from scripts.inferer import MetaSegInferer
+    from scripts.segmenter import MetaSegSegmenter
 
     torch.manual_seed(0)
     net = MetaSegINR(hidden_channels=32, num_sine_layers=2, head_channels=16)
     image = torch.rand(1, 1, 12, 10)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
     with torch.no_grad():
-        logits = net(image)
+        logits = MetaSegSegmenter(net)(image)
     assert logits.shape == (1, 5, 12, 10)
     torch.testing.assert_close(logits, MetaSegInferer()(image, net))
-    with pytest.raises(ValueError, match="coordinates"):
-        net(torch.rand(1, 1, 12, 10, 4))
+    torch.testing.assert_close(net.state_dict(), before)  # the fit works on copies
+    fewer = MetaSegSegmenter(net, MetaSegInferer(fit_steps=3))(image)
+    torch.testing.assert_close(fewer, MetaSegInferer(fit_steps=3)(image, net))
+    with pytest.raises(ValueError, match="images"):
+        MetaSegSegmenter(net)(torch.rand(1, 1, 12, 10, 4))
+
+
+def test_network_takes_coordinates_only():
+    net = MetaSegINR(hidden_channels=8, num_sine_layers=2, head_channels=8)
+    with pytest.raises(ValueError, match=r"takes coordinates .*segmenter\.MetaSegSegmenter"):
+        net(torch.rand(1, 1, 12, 10))
 
 
 def test_context_head_reads_neighbour_features():

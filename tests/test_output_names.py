@@ -7,10 +7,10 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import run_inference_on_files, save_tiny_metaseg
 
 from scripts.demo_data import generate_subject
-from scripts.io import SubjectFolderLayout, output_parent_levels
+from scripts.outputs import SubjectFolderLayout, output_parent_levels
+from tests.utils import run_inference_on_files, save_tiny_metaseg
 
 
 @pytest.mark.parametrize(
@@ -82,7 +82,7 @@ def test_inference_refuses_a_repeated_input_before_any_work(tmp_path):
 
 def test_inference_on_own_files_never_generates_the_demo_data(tmp_path):
     """The README's own-files command, without ``--dataset_dir``: the demo folder is not read, so not made."""
-    from conftest import TINY_NET, run_bundle
+    from tests.utils import TINY_NET, run_bundle
 
     image = _write_slice(tmp_path / "sub01" / "T1.nii.gz")
     ckpt = tmp_path / "models"

@@ -21,9 +21,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import REPO_ROOT
 from monai.apps.utils import download_url
 
+from tests.utils import REPO_ROOT
 from tools.package_bundle import BUNDLE_NAME
 
 PACKAGE_COMMAND = "python tools/package_bundle.py --output_dir dist"

@@ -9,9 +9,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_NET, run_bundle, tiny_metaseg
 
 from scripts.data import load_datalist
+from tests.utils import TINY_NET, run_bundle, tiny_metaseg
 
 
 @pytest.fixture()

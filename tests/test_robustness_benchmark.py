@@ -1,4 +1,4 @@
-"""``benchmarks/robustness.py`` end to end on a tiny demo dataset with tiny random MetaSeg and U-Net weights."""
+"""``python -m benchmarks.robustness`` end to end on a tiny demo dataset with tiny random MetaSeg and U-Net weights."""
 
 from __future__ import annotations
 
@@ -10,12 +10,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO_ROOT, TINY_NET, data_args, save_tiny_metaseg
 from monai.networks.nets import BasicUNet
 
 from scripts.demo_data import prepare_demo_data
+from tests.utils import REPO_ROOT, TINY_NET, data_args, save_tiny_metaseg
 
-SCRIPT = REPO_ROOT / "benchmarks" / "robustness.py"
 ROWS = [
     "clean",
     "intensity x0.5",
@@ -48,9 +47,16 @@ def tiny_setup(tmp_path_factory) -> tuple[Path, Path, Path]:
 
 
 def run_script(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    """``python -m benchmarks.robustness <args>`` in ``cwd``, the bundle root being importable (as from the root)."""
     env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)
     return subprocess.run(
-        [sys.executable, str(SCRIPT), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "benchmarks.robustness", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 
@@ -96,7 +102,7 @@ def test_robustness_benchmark_end_to_end(tiny_setup, tmp_path):
         printed = [float(x) for x in table[row["perturbation"]]]
         expected = [row[m][k] for m in ("metaseg", "unet") for k in ("dice", "drop")]
         assert printed == pytest.approx(expected, abs=5e-5), row
-    assert any(line.startswith("command: ") and "robustness.py" in line for line in lines)
+    assert any(line.startswith("command: python -m benchmarks.robustness ") for line in lines)
 
 
 def test_robustness_benchmark_rejects_unknown_override(tiny_setup, tmp_path):

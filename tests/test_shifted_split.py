@@ -6,9 +6,9 @@ import json
 
 import nibabel as nib
 import numpy as np
-from conftest import data_args, run_bundle, save_tiny_metaseg
 
 from scripts.demo_data import prepare_demo_data
+from tests.utils import data_args, run_bundle, save_tiny_metaseg
 
 EVAL = "['configs/inference.json','configs/evaluate.json']"
 

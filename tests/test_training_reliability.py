@@ -15,7 +15,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import REPO_ROOT, data_args, run_bundle
+
+from tests.utils import REPO_ROOT, data_args, run_bundle
 
 META_EPOCHS, HEAD_EPOCHS, NUM_TRAIN = 12, 8, 3
 

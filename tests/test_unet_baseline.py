@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO_ROOT, TINY_NET, config_metaseg, run_bundle, save_tiny_metaseg, tiny_metaseg
 from monai.bundle import ConfigParser
 from monai.networks.nets import BasicUNet
 from PIL import Image
 
 from scripts.report import render
+from tests.utils import REPO_ROOT, TINY_NET, config_metaseg, run_bundle, save_tiny_metaseg, tiny_metaseg
 
 TRAIN_UNET = "['configs/train.json','configs/train_unet.json']"
 EVAL_UNET = "['configs/train.json','configs/train_unet.json','configs/evaluate_unet.json']"

@@ -11,9 +11,10 @@ from pathlib import Path
 import nibabel as nib
 import pytest
 import torch
-from conftest import REPO_ROOT, config_metaseg, run_bundle, tiny_metaseg
 
 from scripts.intensity import NormalizeBrainIntensityd
+from scripts.segmenter import MetaSegSegmenter
+from tests.utils import REPO_ROOT, config_metaseg, run_bundle, tiny_metaseg
 
 META = "configs/metadata.json"
 SCHEMA = REPO_ROOT / "docs" / "meta_schema.json"  # meta_schema_20240725.json of MONAI-extra-test-data 0.8.1
@@ -71,7 +72,7 @@ def test_network_data_format_is_the_image_to_label_contract():
     image, pred = fmt["inputs"]["image"], fmt["outputs"]["pred"]
     assert image["num_channels"] == 1 and len(image["spatial_shape"]) == 2
     assert pred["num_channels"] == 5 and pred["channel_def"]["0"] == "background"
-    net = tiny_metaseg()
+    net = MetaSegSegmenter(tiny_metaseg())
     with torch.no_grad():
         out = net(torch.rand(1, image["num_channels"], 24, 20))
     assert out.shape == (1, pred["num_channels"], 24, 20)
@@ -93,16 +94,14 @@ def test_shipped_logits_lie_in_the_stated_value_range(tiny_dataset):
 
 
 def test_verify_net_in_out():
-    proc = run_bundle(
-        "verify_net_in_out", "network_def", "--meta_file", META, "--config_file", "configs/inference.json"
-    )
+    proc = run_bundle("verify_net_in_out", "segmenter", "--meta_file", META, "--config_file", "configs/inference.json")
     assert "data shape of network is verified with no error" in proc.stdout + proc.stderr
 
 
 def test_verify_net_in_out_catches_a_wrong_contract():
     proc = run_bundle(
         "verify_net_in_out",
-        "network_def",
+        "segmenter",
         "--meta_file",
         META,
         "--config_file",

@@ -1,4 +1,4 @@
-"""Output writing: subject-folder naming and atomic writers (NIfTI labels, checkpoints, metric CSVs).
+"""Output files: subject-folder naming and atomic writers (NIfTI labels, metric CSVs, any file via atomic_path).
 
 Every file the bundle writes goes to a temporary name in the destination folder and is renamed into place
 (``os.replace``, atomic on POSIX), so an error or a kill never leaves a truncated file under its final name.
@@ -16,10 +16,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ignite.handlers import DiskSaver
 from monai.data import NibabelWriter
 from monai.data.folder_layout import FolderLayoutBase
-from monai.handlers import CheckpointSaver, MetricsSaver
+from monai.handlers import MetricsSaver
 
 from .transforms import SQUEEZED_AXES_KEY
 
@@ -28,8 +27,6 @@ __all__ = [
     "output_parent_levels",
     "OutputParentLevels",
     "AtomicNiftiWriter",
-    "AtomicDiskSaver",
-    "AtomicCheckpointSaver",
     "AtomicMetricsSaver",
     "check_writable_dir",
     "atomic_path",
@@ -233,66 +230,12 @@ class AtomicNiftiWriter(NibabelWriter):
             super().write(tmp, verbose=verbose, **obj_kwargs)
 
 
-class AtomicDiskSaver(DiskSaver):
-    """ignite ``DiskSaver`` with ``atomic=True``, optionally under one fixed file name that is replaced, never deleted.
-
-    ignite's atomic mode (``ignite/handlers/checkpoint.py``, ``DiskSaver._save_func``, pytorch-ignite 0.5.5) saves into
-    a ``tempfile.NamedTemporaryFile`` in the destination folder, ``os.replace``-s it onto the final name and then adds
-    group/other read permission. With ``filename`` set, every save goes to that name; ``remove`` is then a no-op
-    because the next save replaces the file atomically (ignite's ``Checkpoint`` removes the old file *before* writing
-    the new one, which for a fixed name would leave no file at all if the process died in between).
-    """
-
-    def __init__(self, dirname: str | Path, filename: str | None = None) -> None:
-        super().__init__(dirname=dirname, atomic=True, create_dir=True, require_empty=False)
-        self.filename = filename
-
-    def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
-        super().__call__(checkpoint=checkpoint, filename=self.filename or filename, metadata=metadata)
-
-    def remove(self, filename: str) -> None:
-        if self.filename is None:
-            super().remove(filename)
-
-
-class AtomicCheckpointSaver(CheckpointSaver):
-    """MONAI ``CheckpointSaver`` whose files are written atomically (temporary file + rename).
-
-    MONAI 1.6's ``CheckpointSaver`` builds its ignite ``DiskSaver`` with ``atomic=False`` (``monai/handlers/
-    checkpoint_saver.py``, ``_DiskSaver.__init__``, because atomic saves used to be readable by their owner only);
-    ignite 0.5.5 restores group/other read permission after the rename, so this subclass switches every saver it
-    uses (final, key metric, interval) to :class:`AtomicDiskSaver`. Fixed names (``final_filename``,
-    ``key_metric_filename``, ``interval_filename``) are replaced in place and never deleted first.
-
-    Args:
-        interval_filename: fixed file name for the ``save_interval`` checkpoints (``None``: MONAI's
-            ``checkpoint_epoch=N.pt`` names, ``n_saved`` of them kept).
-        args, kwargs: those of ``monai.handlers.CheckpointSaver``.
-    """
-
-    def __init__(self, *args: Any, interval_filename: str | None = None, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        for checkpoint in (self._final_checkpoint, self._key_metric_checkpoint):
-            if checkpoint is not None:  # MONAI's _DiskSaver keeps the fixed file name (or None) as `filename`
-                checkpoint.save_handler = AtomicDiskSaver(self.save_dir, filename=checkpoint.save_handler.filename)
-        if self._interval_checkpoint is not None:
-            self._interval_checkpoint.save_handler = AtomicDiskSaver(self.save_dir, filename=interval_filename)
-        self.interval_filename = interval_filename
-
-    def state_dict(self) -> dict:
-        """The key-metric tracking list (best scores saved so far), the counterpart of ``load_state_dict``."""
-        if self._key_metric_checkpoint is None:
-            return {}
-        state = self._key_metric_checkpoint.state_dict()  # {"_saved": [(score, filename), ...]}
-        return {k: [(float(p), str(f)) for p, f in v] for k, v in state.items()}
-
-
 class AtomicMetricsSaver(MetricsSaver):
     """MONAI ``MetricsSaver`` whose CSV files are each written atomically.
 
     ``monai.handlers.utils.write_metrics_reports`` opens ``metrics.csv`` and ``<metric>_raw.csv`` directly under
-    their final names; here the reports are written into a temporary folder inside ``save_dir`` and each file is
-    renamed into place once complete. Arguments are those of ``monai.handlers.MetricsSaver``.
+    their final names; here the reports are written into a temporary folder inside ``save_dir`` and each complete
+    file is moved into place by :func:`atomic_path`. Arguments are those of ``monai.handlers.MetricsSaver``.
     """
 
     def __call__(self, engine: Any) -> None:
@@ -303,7 +246,8 @@ class AtomicMetricsSaver(MetricsSaver):
             self.save_dir = tmp_dir
             super().__call__(engine)
             for name in sorted(os.listdir(tmp_dir)):
-                os.replace(os.path.join(tmp_dir, name), os.path.join(final_dir, name))
+                with atomic_path(os.path.join(final_dir, name), suffix=os.path.splitext(name)[1]) as tmp:
+                    os.replace(os.path.join(tmp_dir, name), tmp)
         finally:
             self.save_dir = final_dir
             shutil.rmtree(tmp_dir, ignore_errors=True)

@@ -1,0 +1,108 @@
+"""Helpers shared by the tests: the bundle's network at test sizes and runners for ``python -m monai.bundle``."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# tiny overrides shared by the end-to-end tests: small networks, few steps, few images
+TINY_NET = [
+    "--network_def#hidden_channels",
+    "16",
+    "--network_def#num_sine_layers",
+    "2",
+    "--network_def#head_channels",
+    "16",
+]
+
+
+def config_metaseg(**overrides: Any) -> torch.nn.Module:
+    """The ``network_def`` of ``configs/inference.json`` (the shipped model's architecture), with ``overrides``."""
+    from scripts.network import MetaSegINR
+
+    config = json.loads((REPO_ROOT / "configs" / "inference.json").read_text())
+    kwargs = {
+        k: config[v[1:]] if isinstance(v, str) and v.startswith("@") else v
+        for k, v in config["network_def"].items()
+        if k != "_target_"
+    }
+    return MetaSegINR(**{**kwargs, **overrides})
+
+
+def tiny_metaseg(**overrides: Any) -> torch.nn.Module:
+    """:func:`config_metaseg` at the ``TINY_NET`` sizes (what the bundle builds with ``TINY_NET`` overrides)."""
+    tiny = {k.lstrip("-").split("#")[-1]: int(v) for k, v in zip(TINY_NET[::2], TINY_NET[1::2])}
+    return config_metaseg(**{**tiny, **overrides})
+
+
+def save_tiny_metaseg(models_dir: Path) -> Path:
+    """Random (untrained, seeded) weights of the ``TINY_NET`` MetaSeg as ``<models_dir>/model.pt``."""
+    models_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    torch.save(tiny_metaseg().state_dict(), models_dir / "model.pt")
+    return models_dir / "model.pt"
+
+
+def data_args(dataset_dir: Path, splits_file: Path, ckpt_dir: Path) -> list[str]:
+    """Overrides pointing a workflow at a (tiny) dataset and checkpoint folder, with the tiny network."""
+    return [
+        "--dataset_dir",
+        str(dataset_dir),
+        "--splits_file",
+        str(splits_file),
+        "--ckpt_dir",
+        str(ckpt_dir),
+        *TINY_NET,
+    ]
+
+
+def run_bundle(*args: str, check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run ``python -m monai.bundle <args>`` in the repository root, as a user would."""
+    env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
+    proc = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", *args],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"bundle command failed ({proc.returncode}): {args}\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}"
+        )
+    return proc
+
+
+def run_inference_on_files(
+    files: list[Path], output_dir: Path, ckpt_dir: Path, *args: str, check: bool = True
+) -> subprocess.CompletedProcess:
+    """``run inference`` on the user's own ``files`` (the README's command) with the tiny network of ``ckpt_dir``.
+
+    ``dataset_dir`` points at the files' folder, so no demo data is generated.
+    """
+    return run_bundle(
+        "run",
+        "inference",
+        "--config_file",
+        "configs/inference.json",
+        "--datalist",
+        json.dumps([str(f) for f in files]),
+        "--output_dir",
+        str(output_dir),
+        "--dataset_dir",
+        str(Path(files[0]).parent),
+        "--ckpt_dir",
+        str(ckpt_dir),
+        *TINY_NET,
+        *args,
+        check=check,
+    )
