@@ -89,7 +89,7 @@ def test_shipped_logits_lie_in_the_stated_value_range(tiny_dataset):
     net = config_metaseg()
     net.load_state_dict(torch.load(REPO_ROOT / "models" / "model.pt", weights_only=True))
     with torch.no_grad():
-        logits = net(padded)
+        logits = MetaSegSegmenter(net)(padded)  # fit-then-decode: network_data_format's image contract
     assert logits.shape[1] == 5 and low <= float(logits.min()) < float(logits.max()) <= high
 
 
