@@ -1,4 +1,4 @@
-"""Tests for the embedded demo data generator (scripts/demo_data.py)."""
+"""Tests for the embedded demo data generator (scripts/demo_data/)."""
 
 import json
 import os

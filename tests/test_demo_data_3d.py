@@ -24,7 +24,7 @@ NOT_THERE = {
 
 
 def _box_fractions(box: tuple) -> np.ndarray:
-    tpl = demo_data._template()
+    tpl = demo_data.anatomy.template()
     labels, affine = tpl["labels"], tpl["affine"]
     axes = [affine[i, i] * np.arange(labels.shape[i]) + affine[i, 3] for i in range(3)]
     index = [np.where((a >= lo) & (a <= hi))[0] for a, (lo, hi) in zip(axes, box)]

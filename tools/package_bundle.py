@@ -23,7 +23,7 @@ CONTENTS = [
     ("configs", "*.json"),
     ("configs", "*.conf"),
     ("docs", "*"),
-    ("scripts", "*.py"),
+    ("scripts", "**/*.py"),
     ("models", "*_train_time.json"),
     ("models/3d", "*_train_time.json"),
 ]

@@ -104,9 +104,9 @@ rm -rf "$app"
 cp -r "$sample_app" "$app"
 rm -rf "$app/__pycache__"
 bundle=$app/model/$bundle_name
-mkdir -p "$bundle/configs" "$bundle/scripts" "$bundle/models"
+mkdir -p "$bundle/configs" "$bundle/models"
 cp "$root"/configs/*.json "$root"/configs/*.conf "$bundle/configs/"
-cp "$root"/scripts/*.py "$bundle/scripts/"
+(cd "$root" && find scripts -name '*.py' -exec cp --parents {} "$bundle/" \;)
 cp "$root/models/model.pt" "$bundle/models/"
 cp "$root/LICENSE" "$bundle/"
 

@@ -1,0 +1,189 @@
+"""One demo subject: a random affine + elastic deformation, atrophy and intensity model applied to the template."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+from .anatomy import NUM_CLASSES, SLICE_INDEX, SLICE_SHAPE, SLICE_Y_MM, VOLUME_SHAPE, template
+
+__all__ = ["WM_NORM", "generate_subject"]
+
+
+def _rotation(angles: np.ndarray) -> np.ndarray:
+    """Rotation matrix from three angles (radians) about x, y and z."""
+    cx, cy, cz = np.cos(angles)
+    sx, sy, sz = np.sin(angles)
+    rx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
+    ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
+    rz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
+    return rz @ ry @ rx
+
+
+# output domain in reference (MNI) mm, for the coarse random fields
+_DOMAIN_LO = np.array([-80.0, SLICE_Y_MM - SLICE_INDEX - 8, -96.0])
+_DOMAIN_HI = np.array([80.0, SLICE_Y_MM + VOLUME_SHAPE[2] - SLICE_INDEX + 8, 96.0])
+
+
+def _coarse_field(rng: np.random.Generator, spacing: float, channels: int) -> np.ndarray:
+    """Random control-point grid (channels, nx, ny, nz) over the output domain, unit variance."""
+    n = np.ceil((_DOMAIN_HI - _DOMAIN_LO) / spacing).astype(int) + 1
+    return rng.standard_normal((channels, *n))
+
+
+def _eval_coarse(field: np.ndarray, pts: np.ndarray, spacing: float) -> np.ndarray:
+    """Cubic-spline interpolation of a coarse field at points ``pts`` (3, N) in mm -> (channels, N)."""
+    idx = (pts - _DOMAIN_LO[:, None]) / spacing
+    return np.stack([ndimage.map_coordinates(f, idx, order=3, mode="nearest") for f in field])
+
+
+# template intensities (white matter = 1) of ventricular CSF, cortex and white matter: the knots of the contrast map
+_TEMPLATE_CSF, _TEMPLATE_GM, _TEMPLATE_WM = 0.41, 0.75, 0.96
+WM_NORM = 110.0 / 255.0  # FreeSurfer's mri_normalize puts white matter at 110; neurite-oasis divides by 255
+
+
+def _draw_params(seed: int, index: int, shifted: bool = False) -> dict:
+    """Per-subject random parameters from a generator seeded by (seed, subject index).
+
+    Ages follow OASIS-1 (18-96); atrophy grows with age (thinner cortex, wider sulci, larger ventricles). Intensities
+    follow neurite-oasis (white matter near 110/255, cortex ~0.6-0.7 of it, ventricles ~0.15-0.3 of it).
+    ``shifted`` subjects (the ``test_shifted`` split) lie outside that distribution on purpose: old brains with more
+    atrophy than any training subject, and a scanner-like intensity convention (integer values in the thousands, an
+    offset, weaker grey/white contrast, stronger bias field and noise).
+    """
+    rng = np.random.default_rng([int(seed), int(index), 20240917])
+    age = rng.uniform(80.0, 96.0) if shifted else rng.uniform(18.0, 96.0)
+    atrophy = np.clip((age - 30.0) / 66.0, 0.0, 1.0) ** 1.5 * rng.uniform(0.6, 1.1) + (0.35 if shifted else 0.0)
+    params = {
+        "age": age,
+        "atrophy": atrophy,
+        "y_jitter": rng.uniform(-5.0, 5.0),
+        "angles": np.deg2rad(rng.uniform(-6.0, 6.0, 3)),
+        "scale": rng.uniform(0.88, 1.12) * rng.uniform(0.95, 1.05, 3),
+        "asymmetry": rng.uniform(-0.05, 0.05),
+        "shift": rng.uniform(-4.0, 4.0, 3),
+        "def_amp": rng.uniform(1.0, 2.5),
+        "def_field": _coarse_field(rng, 24.0, 3),
+        "vent": rng.uniform(-1.0, 0.5) + 4.0 * atrophy,
+        "thinning": 1.6 * atrophy,  # cortex lost to sulcal CSF, in voxels
+        "thinning_field": _coarse_field(rng, 16.0, 1),
+        "rim_width": rng.uniform(1.0, 4.0),
+        "rim_field": _coarse_field(rng, 8.0, 2),
+        "bias_amp": rng.uniform(0.08, 0.15),
+        "bias_field": _coarse_field(rng, 48.0, 1),
+        "csf_ratio": rng.uniform(0.15, 0.32),
+        "gm_ratio": rng.uniform(0.58, 0.72),
+        "sgm_boost": rng.uniform(1.03, 1.12),
+        "wm_level": WM_NORM * rng.uniform(0.97, 1.03),
+        "offset": 0.0,
+        "dtype": "float32",
+        "noise": rng.uniform(0.01, 0.03),
+        "noise_seed": int(rng.integers(2**31)),
+    }
+    if shifted:
+        params.update(
+            vent=params["vent"] + 1.0,
+            csf_ratio=rng.uniform(0.3, 0.42),
+            gm_ratio=rng.uniform(0.74, 0.82),
+            bias_amp=rng.uniform(0.2, 0.3),
+            wm_level=rng.uniform(1500.0, 3000.0),
+            offset=rng.uniform(20.0, 120.0),
+            dtype="int16",
+            noise=rng.uniform(0.03, 0.05),
+        )
+    return params
+
+
+def _contrast(t1: np.ndarray, params: dict) -> np.ndarray:
+    """Template intensities (white matter = 1) mapped to the subject's tissue contrast (white matter = 1)."""
+    knots = [0.0, _TEMPLATE_CSF, _TEMPLATE_GM, _TEMPLATE_WM, 1.2]
+    values = [0.0, params["csf_ratio"], params["gm_ratio"], 1.0, 1.1]
+    return np.interp(t1, knots, values).astype(np.float32)
+
+
+def _distance_inside(mask: np.ndarray) -> np.ndarray:
+    """Distance (voxels) of each voxel of ``mask`` to the nearest voxel outside it (0 outside)."""
+    return ndimage.distance_transform_edt(mask).astype(np.float32)
+
+
+def _synthesise(params: dict, pts: np.ndarray, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Image and seg4 labels (uint8) of one subject at reference points ``pts`` (3, N) in mm, as arrays of ``shape``.
+
+    The image follows the subject's intensity convention (neurite-oasis: float32, white matter ~110/255).
+    """
+    tpl = template()
+    centre = np.array([0.0, SLICE_Y_MM, 10.0])[:, None]
+    mat = _rotation(params["angles"]) @ np.diag(params["scale"])
+    q = mat @ (pts - centre) + centre + params["shift"][:, None]
+    q[0] *= 1.0 + params["asymmetry"] * np.tanh(pts[0] / 8.0)  # one hemisphere wider than the other
+    disp = _eval_coarse(params["def_field"], pts, 24.0)
+    q = q + disp * (params["def_amp"] / 0.6)  # spline-smoothed unit noise has std ~0.6
+    vox = tpl["inv_affine"][:3, :3] @ q + tpl["inv_affine"][:3, 3:]
+    if params["vent"] != 0:
+        g = np.stack([ndimage.map_coordinates(c, vox, order=1, mode="constant") for c in tpl["vgrad"]])
+        vox = vox + params["vent"] * g  # sample closer to (vent > 0) / further from the ventricles
+    t1 = ndimage.map_coordinates(tpl["t1"], vox, order=1, mode="constant", cval=0.0).reshape(shape)
+    # labels: linear interpolation of the one-hot maps (outside the template is background), then argmax
+    prob = np.stack([ndimage.map_coordinates(c, vox, order=1, mode="constant") for c in tpl["onehot"]])
+    prob[0] += prob.sum(0) < 0.5
+    seg = np.argmax(prob, axis=0).astype(np.uint8).reshape(shape)
+    head = t1 > 1e-3
+
+    img = _contrast(t1, params)
+    sgm = prob[2].reshape(shape)
+    img *= 1.0 + (params["sgm_boost"] - 1.0) * sgm  # deep grey matter is brighter than cortex in T1
+    csf_level = params["csf_ratio"]
+
+    # atrophy: cortex next to the outside of the brain turns into sulcal CSF (label 0 in FreeSurfer's aseg)
+    if params["thinning"] > 0:
+        depth = _distance_inside(seg > 0)
+        vary = 1.0 + 0.5 * np.tanh(_eval_coarse(params["thinning_field"], pts, 16.0)[0].reshape(shape))
+        lost = (seg == 1) & (depth <= params["thinning"] * vary)
+        seg[lost] = 0
+        img[lost] = csf_level * (0.8 + 0.4 * sgm[lost])
+
+    # non-brain rim left by skull stripping: patchy tissue and fluid just outside the brain, labelled background
+    outside = _distance_inside(~head)
+    rim_noise = _eval_coarse(params["rim_field"], pts, 8.0).reshape(2, *shape)
+    rim = (outside > 0) & (outside <= params["rim_width"] * (1.0 + 0.6 * np.tanh(rim_noise[0])))
+    rim &= rim_noise[1] > -0.3
+    img[rim] = np.clip(0.6 + 0.9 * rim_noise[1][rim], 0.1, 2.3)  # dura / vessels brighter than white matter
+    inside = head | rim
+
+    bias = params["bias_amp"] * np.tanh(_eval_coarse(params["bias_field"], pts, 48.0)[0].reshape(shape))
+    noise = np.random.default_rng(params["noise_seed"]).standard_normal(shape)
+    img = np.where(inside, img * np.exp(bias) + params["noise"] * noise, 0.0)
+    img = np.clip(img, 0.0, None) * params["wm_level"] + params["offset"]
+    if params["dtype"] == "int16":
+        img = np.round(np.clip(img, 0, 32767)).astype(np.int16)
+    else:
+        img = np.clip(img, 0.0, 1.0).astype(np.float32)  # neurite-oasis: norm/255 stays in [0, 1]
+    return img, seg
+
+
+def _reference_points(y_mm: float, spatial_dims: int) -> np.ndarray:
+    """Reference (MNI mm) coordinates (3, N) of the output grid; 2D is the coronal plane at ``y_mm``."""
+    ii = np.arange(SLICE_SHAPE[0], dtype=np.float64)
+    jj = np.arange(SLICE_SHAPE[1], dtype=np.float64)
+    kk = np.array([SLICE_INDEX], dtype=np.float64) if spatial_dims == 2 else np.arange(VOLUME_SHAPE[2], dtype=float)
+    i, j, k = np.meshgrid(ii, jj, kk, indexing="ij")
+    return np.stack([79.5 - i, y_mm + (k - SLICE_INDEX), 96.0 - j]).reshape(3, -1)
+
+
+def generate_subject(
+    seed: int, index: int, spatial_dims: int = 2, shifted: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """Image and seg4 label array of demo subject ``index`` (1-based): (160, 192) for 2D, (160, 192, 224) for 3D.
+
+    ``shifted`` draws the subject from the out-of-distribution ``test_shifted`` population (see ``_draw_params``).
+    Redraws (deterministically) in the rare case that a foreground class is missing from the slice.
+    """
+    if spatial_dims not in (2, 3):
+        raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
+    shape = SLICE_SHAPE if spatial_dims == 2 else VOLUME_SHAPE
+    for attempt in range(10):
+        params = _draw_params(seed, index if attempt == 0 else index + 100003 * attempt, shifted)
+        img, seg = _synthesise(params, _reference_points(SLICE_Y_MM + params["y_jitter"], spatial_dims), shape)
+        if np.all(np.bincount(seg.ravel(), minlength=NUM_CLASSES)[1:] > 0):
+            break
+    return img, seg
