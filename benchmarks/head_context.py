@@ -4,7 +4,7 @@ Every demo image (train, val, test) is fitted once by the bundle's :class:`scrip
 ``configs/inference.json``) from the trunk of ``--model``; then, for each ``--variant``, a fresh head is trained on the
 fitted features of the training images (DiceFocal loss, Adam with cosine decay, random pixels) and scored on the val
 and test images (mean foreground Dice of the argmax on the 192x192 grid, as ``run evaluating`` computes it). The
-trunk is the same for all variants, so the table isolates what the head reads. Results: docs/README.md.
+trunk is the same for all variants, so the table isolates what the head reads. Results: docs/experiments.md.
 
     python -m benchmarks.head_context --model models/model.pt --iters 1500 \\
         --variant point=0,4,128,1 --variant ctx4=1,4,256,2 --variant ctx8=1,8,256,2

@@ -1,4 +1,4 @@
-"""Train and evaluate several MetaSeg training settings side by side (the experiments behind docs/README.md).
+"""Train and evaluate several MetaSeg training settings side by side (the experiments in docs/experiments.md).
 
 Each named setting is a list of ``monai.bundle`` overrides of ``configs/train.json``. Every setting is trained with
 ``run training`` into ``<work_dir>/<name>/models`` and then evaluated on the demo test split with
