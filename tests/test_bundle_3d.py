@@ -13,9 +13,9 @@ from PIL import Image
 
 from tests.utils import REPO_ROOT, TINY_NET, data_args, run_bundle, save_tiny_metaseg
 
-TRAIN_3D = "['configs/train.json','configs/train_3d.json']"
-INFER_3D = "['configs/inference.json','configs/inference_3d.json']"
-EVAL_3D = "['configs/inference.json','configs/evaluate.json','configs/inference_3d.json','configs/evaluate_3d.json']"
+TRAIN_3D = "['configs/train.json','configs/3d.json','configs/train_3d.json']"
+INFER_3D = "['configs/inference.json','configs/3d.json']"
+EVAL_3D = "['configs/inference.json','configs/evaluate.json','configs/3d.json','configs/evaluate_3d.json']"
 INFER_2D = "['configs/inference.json']"
 SHAPE = (24, 28, 26)  # tiny stand-in for neurite-oasis' 160x192x224 aligned volumes
 AFFINE = np.array([[-1.0, 0, 0, 12], [0, 0, 1, -13], [0, -1, 0, 14], [0, 0, 0, 1]])
@@ -56,7 +56,7 @@ def tiny_volumes(tmp_path_factory) -> tuple[Path, Path]:
 
 @pytest.fixture(scope="module")
 def trained_3d(tiny_volumes, tmp_path_factory) -> tuple[Path, list[str]]:
-    """Tiny 3D meta-training + head fine-tuning through the 2D configs overridden by ``train_3d.json``."""
+    """Tiny 3D meta-training + head fine-tuning: the 2D configs overridden by ``3d.json`` and ``train_3d.json``."""
     root, splits = tiny_volumes
     work = tmp_path_factory.mktemp("bundle3d")
     common = data_args(root, splits, work / "models") + TINY_3D
@@ -101,7 +101,7 @@ def test_shipped_3d_weights_load_into_the_3d_config_network():
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
-    parser.read_config([str(REPO_ROOT / "configs" / f) for f in ("inference.json", "inference_3d.json")])
+    parser.read_config([str(REPO_ROOT / "configs" / f) for f in ("inference.json", "3d.json")])
     net = parser.get_parsed_content("network_def")
     state = torch.load(REPO_ROOT / "models" / "3d" / "model.pt", weights_only=True)
     net.load_state_dict(state)  # strict: every tensor present, every shape equal
@@ -170,11 +170,12 @@ def test_2d_and_3d_switch_by_config_file_refuses_the_wrong_input(trained_3d, tin
         assert not list(out.rglob("*.nii.gz"))
 
 
-SEGRESNET = "['configs/train.json','configs/train_unet.json','configs/train_segresnet.json']"
+SEGRESNET = "['configs/train.json','configs/train_unet.json','configs/3d.json','configs/train_segresnet.json']"
 EVAL_SEGRESNET = str(
     [
         "configs/train.json",
         "configs/train_unet.json",
+        "configs/3d.json",
         "configs/train_segresnet.json",
         "configs/evaluate_unet.json",
         "configs/evaluate_segresnet.json",
