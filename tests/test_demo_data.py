@@ -152,7 +152,7 @@ def test_worker_processes_write_the_same_bytes_and_report_progress(tmp_path, cap
         assert (serial / f).read_bytes() == (parallel / f).read_bytes(), f
     messages = [r.getMessage() for r in caplog.records]
     assert any("with 2 process(es)" in m for m in messages), messages
-    assert any(m.startswith("2D demo data: 1/4 subjects") and m.endswith(" left") for m in messages), messages
+    assert any(m.startswith("2D demo data: 3/4 subjects") and m.endswith(" left") for m in messages), messages
     assert any(m.startswith("2D demo data: 4/4 subjects, ") for m in messages), messages
 
 

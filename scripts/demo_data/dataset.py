@@ -231,7 +231,7 @@ class _Progress:
 
     def __init__(self, total: int, label: str, interval: float = 5.0, use_tqdm: bool | None = None) -> None:
         self.total, self.label, self.interval = total, label, interval
-        self.done = 0
+        self.done, self.workers = 0, 1
         self.start = self.last = time.monotonic()
         use_tqdm = has_tqdm if use_tqdm is None else use_tqdm and has_tqdm
         self.bar = tqdm(total=total, desc=label, unit="subject", delay=interval) if use_tqdm else None
@@ -239,7 +239,7 @@ class _Progress:
     def message(self) -> str:
         elapsed = time.monotonic() - self.start
         msg = f"{self.label}: {self.done}/{self.total} subjects, {_duration(elapsed)} elapsed"
-        if 0 < self.done < self.total:
+        if self.workers <= self.done < self.total:  # once every worker has finished a subject
             msg += f", ~{_duration(elapsed / self.done * (self.total - self.done))} left"
         return msg
 
@@ -276,7 +276,8 @@ def _write_subjects(
     """Run ``_write_subject(str(root), *job)`` for each job, in ``num_workers`` processes; the files in job order."""
     workers = _default_workers(spatial_dims, len(jobs)) if num_workers is None else max(1, int(num_workers))
     workers = min(workers, len(jobs))
-    logger.info(f"{progress.label}: generating {len(jobs)} subjects in {root.parent} with {workers} process(es)")
+    progress.workers = workers
+    logger.info(f"{progress.label}: generating {len(jobs)} subjects in {root} with {workers} process(es)")
     results: list[list[str]] = [[] for _ in jobs]
     if workers == 1:
         for i, job in enumerate(jobs):
