@@ -1,14 +1,16 @@
 """Tests for the embedded demo data generator (scripts/demo_data/)."""
 
 import json
+import logging
 import os
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
+from scipy import ndimage
 
-from scripts.demo_data import DEMO_SUBJECT_FMT, prepare_demo_data
+from scripts.demo_data import DEMO_SUBJECT_FMT, dataset, prepare_demo_data, synthesis
 
 SMALL = {"num_train": 3, "num_val": 1, "num_test": 1}
 
@@ -134,3 +136,46 @@ def test_invalid_arguments(tmp_path):
         prepare_demo_data(str(tmp_path / "x"), spatial_dims=4)
     with pytest.raises(ValueError):
         prepare_demo_data(str(tmp_path / "x"), num_train=0, num_val=0, num_test=0)
+
+
+def test_worker_processes_write_the_same_bytes_and_report_progress(tmp_path, caplog, monkeypatch):
+    """Subjects made in 2 worker processes are the serial ones, byte for byte; progress goes to the log."""
+    params = dataset._manifest_params(2, 1, 0, 1, seed=0, spatial_dims=2)
+    serial, parallel = tmp_path / "serial", tmp_path / "parallel"
+    serial.mkdir(), parallel.mkdir()
+    files = dataset._write_dataset(serial, params, num_workers=1)
+    monkeypatch.setattr(dataset, "has_tqdm", False)  # the log lines, not a tqdm bar
+    with caplog.at_level(logging.INFO, logger=dataset.__name__):
+        assert dataset._write_dataset(parallel, params, num_workers=2, progress_interval=0.0) == files
+    assert len(files) == 4 * 2 + 3
+    for f in files:
+        assert (serial / f).read_bytes() == (parallel / f).read_bytes(), f
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("with 2 process(es)" in m for m in messages), messages
+    assert any(m.startswith("2D demo data: 3/4 subjects") and m.endswith(" left") for m in messages), messages
+    assert any(m.startswith("2D demo data: 4/4 subjects, ") for m in messages), messages
+
+
+def test_progress_is_quiet_for_a_few_seconds(caplog, monkeypatch):
+    monkeypatch.setattr(dataset, "has_tqdm", False)
+    with caplog.at_level(logging.INFO, logger=dataset.__name__):
+        progress = dataset._Progress(3, "3D demo data", interval=60.0)
+        for _ in range(3):
+            progress.update()
+        progress.close()
+    assert not caplog.records
+    assert dataset._duration(72.4) == "1 min 12 s" and dataset._duration(9.6) == "10 s"
+    assert dataset._default_workers(2, 124) == 1 and 1 <= dataset._default_workers(3, 2) <= 2
+
+
+@pytest.mark.parametrize("up_to", [None, 2.5])
+def test_cropped_distance_transform_is_the_full_one(up_to):
+    rng = np.random.default_rng(0)
+    mask = np.zeros((30, 34, 28), dtype=bool)
+    mask[5:22, 8:30, 3:20] = rng.random((17, 22, 17)) > 0.2
+    for m in (mask, ~mask):
+        full = ndimage.distance_transform_edt(m).astype(np.float32)
+        cropped = synthesis._distance_inside(m, up_to=up_to)
+        near = full <= (np.inf if up_to is None else up_to)
+        np.testing.assert_array_equal(cropped[near], full[near])
+        assert np.all(cropped[~near] > up_to) if up_to is not None else True

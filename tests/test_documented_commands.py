@@ -61,6 +61,9 @@ def test_documented_command_resolves(doc, subcommand, arguments):
     # ``/path/to/bundle/configs/x.json`` (a command run from elsewhere) names this bundle's configs/x.json
     files = [f[f.index("configs/") :] if f.startswith("/") and "configs/" in f else f for f in files]
     missing = [f for f in files if not (REPO_ROOT / f).is_file()]
+    layers_3d = {"configs/train_3d.json", "configs/evaluate_3d.json", "configs/train_segresnet.json"}
+    if layers_3d & set(files):  # these only add to the shared 3D layer; without it the stack silently runs 2D
+        assert "configs/3d.json" in files, f"{doc}: `{arguments}` uses a 3D layer without configs/3d.json"
     assert not missing, f"{doc}: `{arguments}` names missing config files {missing}"
     try:
         config = ConfigParser.load_config_files([str(REPO_ROOT / f) for f in files])

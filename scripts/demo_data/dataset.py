@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
 import os
 import shutil
 import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+from monai.utils import optional_import
 
-from .anatomy import AFFINE, AFFINE_3D, SEG4_LABELS, SLICE_INDEX
-from .synthesis import generate_subject
+from .anatomy import AFFINE, AFFINE_3D, SEG4_LABELS, SLICE_INDEX, template
+from .synthesis import _support_distance, generate_subject
+
+tqdm, has_tqdm = optional_import("tqdm", name="tqdm")
 
 __all__ = [
     "DEMO_SUBJECT_FMT",
@@ -32,6 +38,8 @@ GENERATOR_NAME = "metaseg-demo-data"
 GENERATOR_VERSION = "2.0"
 MANIFEST_NAME = "demo_manifest.json"
 SPLITS_NAME = {2: "demo_splits.json", 3: "demo_splits_3d.json"}
+_WORKER_MEMORY = 3 * 2**30  # peak memory of one process generating 3D subjects, with room to spare
+logger = logging.getLogger(__name__)
 
 
 def _save(path: Path, arr: np.ndarray, affine: np.ndarray) -> None:
@@ -123,6 +131,7 @@ def prepare_demo_data(
     spatial_dims: int = 2,
     overwrite: bool = False,
     num_test_shifted: int | None = None,
+    num_workers: int | None = None,
 ) -> str:
     """Generate (or reuse, if already generated with the same parameters) the demo dataset.
 
@@ -136,6 +145,10 @@ def prepare_demo_data(
     ``ValueError``. Files another program left in a complete demo folder (e.g. MONAI Label's ``.lock`` and
     ``labels/``) are named in a warning and otherwise ignored; they are refused, named, only when the folder has to be
     regenerated.
+
+    ``num_workers`` processes generate the subjects (``None``: one per CPU core, as memory allows, for 3D; 2D is
+    serial); the files are the same for any number. Progress is shown (a tqdm bar if tqdm is installed, else a log
+    line at most every 5 s) when generation takes more than a few seconds.
     """
     if spatial_dims not in (2, 3):
         raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
@@ -150,14 +163,14 @@ def prepare_demo_data(
     if not overwrite and _is_complete(out, manifest, params) and splits_path.is_file():
         foreign = _foreign_entries(out, manifest)
         if foreign:  # the demo data are intact and read by name: say so, and go on
-            logging.getLogger(__name__).warning(_foreign_hint(out, foreign) + " They are not used.")
+            logger.warning(_foreign_hint(out, foreign) + " They are not used.")
         return str(splits_path)
     _check_not_foreign(out, manifest)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f"{out.name}.tmp-", dir=out.parent))
     try:
-        files = _write_dataset(tmp, params)
+        files = _write_dataset(tmp, params, num_workers=num_workers)
         with open(tmp / MANIFEST_NAME, "w") as f:  # manifest last: its presence marks a complete dataset
             manifest = {"generator": GENERATOR_NAME, "version": GENERATOR_VERSION, "params": params, "files": files}
             json.dump(manifest, f, indent=1)
@@ -185,24 +198,122 @@ def dataset_folder(dataset_dir: str, demo_dir: str, seed: int = 0, spatial_dims:
     return str(dataset_dir)
 
 
-def _write_dataset(root: Path, params: dict) -> list[str]:
+def _write_subject(root: str, name: str, seed: int, index: int, spatial_dims: int, shifted: bool) -> list[str]:
+    """Generate subject ``index`` and write its files into ``root/name``; return their paths relative to ``root``."""
+    folder = Path(root) / name
+    folder.mkdir()
+    img, seg = generate_subject(seed, index, spatial_dims, shifted=shifted)
+    files = []
+    if spatial_dims == 3:
+        _save(folder / "aligned_norm.nii.gz", img, AFFINE_3D)
+        _save(folder / "aligned_seg4.nii.gz", seg, AFFINE_3D)
+        files += [f"{name}/aligned_norm.nii.gz", f"{name}/aligned_seg4.nii.gz"]
+        img, seg = np.ascontiguousarray(img[:, :, SLICE_INDEX]), np.ascontiguousarray(seg[:, :, SLICE_INDEX])
+    _save(folder / "slice_norm.nii.gz", img, AFFINE)
+    _save(folder / "slice_seg4.nii.gz", seg, AFFINE)
+    return files + [f"{name}/slice_norm.nii.gz", f"{name}/slice_seg4.nii.gz"]
+
+
+def _warm_up() -> None:
+    """Worker initialiser: derive the template once per process, before the first subject."""
+    template()
+    _support_distance()
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 60} min {seconds % 60} s" if seconds >= 60 else f"{seconds} s"
+
+
+class _Progress:
+    """Subjects done out of ``total``: a tqdm bar when tqdm is installed (``use_tqdm``), else a log line through this
+    module's logger at most every ``interval`` seconds. Nothing is shown before ``interval`` seconds have passed."""
+
+    def __init__(self, total: int, label: str, interval: float = 5.0, use_tqdm: bool | None = None) -> None:
+        self.total, self.label, self.interval = total, label, interval
+        self.done, self.workers = 0, 1
+        self.start = self.last = time.monotonic()
+        use_tqdm = has_tqdm if use_tqdm is None else use_tqdm and has_tqdm
+        self.bar = tqdm(total=total, desc=label, unit="subject", delay=interval) if use_tqdm else None
+
+    def message(self) -> str:
+        elapsed = time.monotonic() - self.start
+        msg = f"{self.label}: {self.done}/{self.total} subjects, {_duration(elapsed)} elapsed"
+        if self.workers <= self.done < self.total:  # once every worker has finished a subject
+            msg += f", ~{_duration(elapsed / self.done * (self.total - self.done))} left"
+        return msg
+
+    def update(self) -> None:
+        self.done += 1
+        if self.bar is not None:
+            self.bar.update(1)
+            return
+        now = time.monotonic()
+        if now - self.last >= self.interval or (self.done == self.total and now - self.start >= self.interval):
+            self.last = now
+            logger.info(self.message())
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _default_workers(spatial_dims: int, num_subjects: int) -> int:
+    """One process per usable CPU core for 3D (as memory allows); 2D subjects are fast enough in this process."""
+    if spatial_dims == 2:
+        return 1
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        memory = cpus * _WORKER_MEMORY
+    return max(1, min(cpus, num_subjects, memory // _WORKER_MEMORY))
+
+
+def _write_subjects(
+    root: Path, jobs: list[tuple], spatial_dims: int, num_workers: int | None, progress: _Progress
+) -> list[str]:
+    """Run ``_write_subject(str(root), *job)`` for each job, in ``num_workers`` processes; the files in job order."""
+    workers = _default_workers(spatial_dims, len(jobs)) if num_workers is None else max(1, int(num_workers))
+    workers = min(workers, len(jobs))
+    progress.workers = workers
+    logger.info(f"{progress.label}: generating {len(jobs)} subjects in {root} with {workers} process(es)")
+    results: list[list[str]] = [[] for _ in jobs]
+    if workers == 1:
+        for i, job in enumerate(jobs):
+            results[i] = _write_subject(str(root), *job)
+            progress.update()
+        return [f for r in results for f in r]
+    # spawn, not fork: the caller may hold threads (torch, CUDA) that a forked child must not inherit
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_warm_up) as pool:
+        futures = {pool.submit(_write_subject, str(root), *job): i for i, job in enumerate(jobs)}
+        try:
+            for future in as_completed(futures):
+                results[futures[future]] = future.result()
+                progress.update()
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
+    return [f for r in results for f in r]
+
+
+def _write_dataset(
+    root: Path, params: dict, num_workers: int | None = None, progress_interval: float = 5.0
+) -> list[str]:
     """Write all subjects, text files and splits into ``root``; return the written paths relative to ``root``."""
     n_train, n_val, n_test = params["num_train"], params["num_val"], params["num_test"]
     n_shifted = params["num_test_shifted"]
     n_regular = n_train + n_val + n_test
     subjects = [DEMO_SUBJECT_FMT.format(i) for i in range(1, n_regular + n_shifted + 1)]
-    files: list[str] = []
-    for index, name in enumerate(subjects, start=1):
-        (root / name).mkdir()
-        img, seg = generate_subject(params["seed"], index, params["spatial_dims"], shifted=index > n_regular)
-        if params["spatial_dims"] == 3:
-            _save(root / name / "aligned_norm.nii.gz", img, AFFINE_3D)
-            _save(root / name / "aligned_seg4.nii.gz", seg, AFFINE_3D)
-            files += [f"{name}/aligned_norm.nii.gz", f"{name}/aligned_seg4.nii.gz"]
-            img, seg = np.ascontiguousarray(img[:, :, SLICE_INDEX]), np.ascontiguousarray(seg[:, :, SLICE_INDEX])
-        _save(root / name / "slice_norm.nii.gz", img, AFFINE)
-        _save(root / name / "slice_seg4.nii.gz", seg, AFFINE)
-        files += [f"{name}/slice_norm.nii.gz", f"{name}/slice_seg4.nii.gz"]
+    dims = params["spatial_dims"]
+    jobs = [(name, params["seed"], index, dims, index > n_regular) for index, name in enumerate(subjects, start=1)]
+    progress = _Progress(len(jobs), f"{dims}D demo data", interval=progress_interval)
+    try:
+        files = _write_subjects(root, jobs, dims, num_workers, progress)
+    finally:
+        progress.close()
     (root / "subjects.txt").write_text("".join(s + "\n" for s in subjects))
     lut = "".join("{:<4d}{:<30s}{:>4d}{:>4d}{:>4d}{:>4d}\n".format(*e) for e in SEG4_LABELS)
     (root / "seg4_labels.txt").write_text(lut)
