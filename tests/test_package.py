@@ -1,8 +1,8 @@
 """The Model Zoo package: a zip of the bundle that runs whole once unpacked into an empty folder.
 
 The zip is built once per module by the documented command and unpacked into an empty folder; every workflow below
-runs there through ``python -m monai.bundle`` with only the unpacked ``scripts/`` importable and the packages of
-``optional_packages_version`` made unimportable, so what the zip and ``required_packages_version`` hold is enough.
+runs there through ``python -m monai.bundle`` with only the unpacked ``scripts/`` importable and the training-only
+packages of requirements.txt made unimportable, so what the zip and ``required_packages_version`` hold is enough.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from tests.utils import REPO_ROOT
 from tools.package_bundle import BUNDLE_NAME
 
 PACKAGE_COMMAND = "python tools/package_bundle.py --output_dir dist"
-# import names of configs/metadata.json's optional_packages_version
-OPTIONAL_IMPORTS = {"tensorboard": "tensorboard", "nilearn": "nilearn", "pillow": "PIL"}
+# import names of the packages requirements.txt pins for training, the demo-data template and the pictures only
+TRAINING_ONLY_IMPORTS = {"tensorboard", "nilearn", "PIL"}
 # folders and files of the source repository that the zip leaves out and that its docs may name (with a note saying so)
 SOURCE_ONLY = ("benchmarks/", "tests/", "tools/", ".ci/", "requirements-dev.txt", "requirements-monailabel.txt")
 # paths the docs name: bundle-relative files and folders, and relative markdown links
@@ -62,10 +62,9 @@ def package(tmp_path_factory) -> tuple[Path, Path]:
     (tmp / "unpacked").mkdir()
     with zipfile.ZipFile(path) as zf:
         zf.extractall(tmp / "unpacked")
-    optional = json.loads((REPO_ROOT / "configs" / "metadata.json").read_text())["optional_packages_version"]
     blocker = tmp / "block_optional"
     blocker.mkdir()
-    (blocker / "sitecustomize.py").write_text(BLOCK_OPTIONAL.format(blocked={OPTIONAL_IMPORTS[p] for p in optional}))
+    (blocker / "sitecustomize.py").write_text(BLOCK_OPTIONAL.format(blocked=TRAINING_ONLY_IMPORTS))
     return path, tmp / "unpacked" / BUNDLE_NAME
 
 
