@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.utils import REPO_ROOT, data_args, run_bundle
+from tests.utils import REPO_ROOT, data_args, run_bundle, run_inference_on_files
 
 META_EPOCHS, HEAD_EPOCHS, NUM_TRAIN = 12, 8, 3
 
@@ -125,22 +125,12 @@ def test_training_is_deterministic(reference, tiny_dataset, tmp_path):
 
 
 def test_inference_is_deterministic(reference, tiny_dataset, tmp_path):
-    dataset_dir, splits = tiny_dataset
+    dataset_dir, _ = tiny_dataset
     image = sorted(dataset_dir.glob("*/slice_norm.nii.gz"))[0]
     labels = []
     for run in ("a", "b"):
         out = tmp_path / run
-        run_bundle(
-            "run",
-            "inference",
-            "--config_file",
-            "configs/inference.json",
-            "--datalist",
-            f"['{image}']",
-            "--output_dir",
-            str(out),
-            *data_args(dataset_dir, splits, reference / "models"),
-        )
+        run_inference_on_files([image], out, reference / "models")
         labels.append(np.asarray(nib.load(out / image.parent.name / "slice_norm_seg.nii.gz").dataobj))
     assert np.array_equal(labels[0], labels[1])
 
