@@ -30,6 +30,7 @@ from ignite.handlers import Checkpoint, DiskSaver
 from monai.handlers import CheckpointLoader, CheckpointSaver, ValidationHandler
 from monai.transforms import Randomizable
 
+from .network import MetaSegINR, widen_head_context
 from .options import as_bool
 
 __all__ = [
@@ -139,11 +140,18 @@ def check_state_dict(network: torch.nn.Module, state: Mapping[str, Any], source:
 
 
 def load_network_checked(
-    network: torch.nn.Module, path: str, map_location: Any = None, key: str = "model"
+    network: torch.nn.Module, path: str, map_location: Any = None, key: str = "model", widen_head: bool = False
 ) -> torch.nn.Module:
-    """Load a plain state dict (or the ``key`` entry of a full checkpoint) into ``network`` after checking it fits."""
+    """Load a plain state dict (or the ``key`` entry of a full checkpoint) into ``network`` after checking it fits.
+
+    ``widen_head``: a MetaSeg state whose head reads a smaller neighbourhood than ``network``'s is widened first
+    (:func:`scripts.network.widen_head_context`: same logits, zero weights for the new neighbours), so a head
+    fine-tuning can start from weights trained with a smaller ``context_radius``.
+    """
     checkpoint = read_checkpoint(path, map_location)
     state = checkpoint[key] if key in checkpoint and isinstance(checkpoint[key], Mapping) else checkpoint
+    if widen_head and isinstance(getattr(network, "module", network), MetaSegINR):
+        state = widen_head_context(dict(state), getattr(network, "module", network))
     check_state_dict(network, state, str(path))
     getattr(network, "module", network).load_state_dict(state)
     return network

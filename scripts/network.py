@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["MetaSegINR", "TRUNK_PREFIXES", "HEAD_PREFIX"]
+__all__ = ["MetaSegINR", "TRUNK_PREFIXES", "HEAD_PREFIX", "widen_head_context"]
 
 TRUNK_PREFIXES = ("trunk.", "intensity.")
 HEAD_PREFIX = "head."
@@ -238,3 +238,30 @@ class MetaSegINR(nn.Module):
         for layer in self.trunk:
             x = torch.sin(self.omega0 * layer(x))
         return x
+
+
+def widen_head_context(state: dict[str, torch.Tensor], network: MetaSegINR) -> dict[str, torch.Tensor]:
+    """``state`` of a network with a smaller head neighbourhood, made to fit ``network`` without changing its output.
+
+    The first head layer of ``state`` reads ``K0`` neighbours (``(2 r0 + 1)^D``, ``r0 < network.context_radius``,
+    taken with ``network.context_step``); its weights are copied to the columns of the same neighbours in
+    ``network``'s larger neighbourhood and the new neighbours' columns are zero, so the widened network gives the
+    same logits until the head is trained further. Any other state (already the right size) is returned unchanged.
+    """
+    key = f"{HEAD_PREFIX}0.weight"
+    hidden, dims = network.intensity.in_features, network.spatial_dims
+    if key not in state or state[key].shape[1] == network.head[0].in_features or state[key].shape[1] % hidden:
+        return state
+    old_count = state[key].shape[1] // hidden
+    radius = round((old_count ** (1.0 / dims) - 1) / 2)
+    if (2 * radius + 1) ** dims != old_count or radius >= network.context_radius:
+        return state
+    step = network.context_step
+    shifts = range(-radius * step, radius * step + 1, step)
+    new_index = {tuple(p.tolist()): i for i, p in enumerate(network.context_pixels)}
+    old_weight = state[key]
+    weight = old_weight.new_zeros(old_weight.shape[0], network.head[0].in_features)
+    for i, pixel in enumerate(itertools.product(shifts, repeat=dims)):
+        j = new_index[pixel]
+        weight[:, j * hidden : (j + 1) * hidden] = old_weight[:, i * hidden : (i + 1) * hidden]
+    return {**state, key: weight}

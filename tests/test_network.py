@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from scripts.network import TRUNK_PREFIXES, MetaSegINR
+from scripts.network import TRUNK_PREFIXES, MetaSegINR, widen_head_context
 from tests.utils import REPO_ROOT
 
 
@@ -160,3 +160,35 @@ def test_context_head_arguments_are_checked():
     with pytest.raises(ValueError, match="context_radius"):
         MetaSegINR(context_radius=-1)
     assert MetaSegINR(context_radius=0).head[0].in_features == 128  # the paper's head: the point's own features
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_widened_head_context_keeps_the_logits(spatial_dims):
+    grid = (32,) * spatial_dims
+    kw = dict(hidden_channels=16, num_sine_layers=2, head_channels=8, context_step=2, context_grid=grid)
+    torch.manual_seed(0)
+    small = MetaSegINR(spatial_dims, context_radius=1, **kw)
+    big = MetaSegINR(spatial_dims, context_radius=2, **kw)
+    state = widen_head_context(small.state_dict(), big)
+    big.load_state_dict(state)
+    coords = torch.rand(1, 64, spatial_dims) * 1.2 - 0.6  # inside, so no neighbour is clamped differently
+    torch.testing.assert_close(big(coords), small(coords), rtol=1e-4, atol=1e-5)
+    assert state["head.0.weight"].count_nonzero() == small.state_dict()["head.0.weight"].count_nonzero()
+    # a state that already fits, or one for a larger neighbourhood, is left as it is
+    fitting = big.state_dict()
+    assert widen_head_context(fitting, big) is fitting
+    assert widen_head_context(fitting, small) is fitting
+
+
+def test_head_fine_tuning_starts_from_a_smaller_context(tmp_path):
+    from scripts.checkpoint import load_network_checked
+
+    kw = dict(hidden_channels=16, num_sine_layers=2, head_channels=8, context_step=2, context_grid=(32, 32))
+    small = MetaSegINR(2, context_radius=0, **kw)
+    torch.save(small.state_dict(), tmp_path / "meta_model.pt")
+    big = MetaSegINR(2, context_radius=1, **kw)
+    with pytest.raises(ValueError, match="meta_model.pt"):
+        load_network_checked(big, str(tmp_path / "meta_model.pt"))
+    load_network_checked(big, str(tmp_path / "meta_model.pt"), widen_head=True)
+    coords = torch.rand(1, 16, 2) * 1.2 - 0.6
+    torch.testing.assert_close(big(coords), small(coords), rtol=1e-4, atol=1e-5)
