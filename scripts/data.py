@@ -108,9 +108,16 @@ def image_datalist(paths: Sequence[str]) -> list[dict[str, str]]:
         paths = [paths]
     if not paths:
         raise ValueError("the inference datalist is empty: give at least one image path.")
-    for path in paths:
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"input image not found: {path}")
+    problems = [
+        f"{path}: {'a folder, not an image file' if os.path.isdir(path) else 'not found'}"
+        for path in paths
+        if not os.path.isfile(path)
+    ]
+    if problems:
+        raise FileNotFoundError(
+            f"{len(problems)} of {len(paths)} input images cannot be read (nothing was segmented): "
+            + "; ".join(problems)
+        )
     return [{"image": os.path.abspath(p)} for p in paths]
 
 

@@ -103,7 +103,7 @@ def _output_key(path: str, parent_levels: int) -> tuple[tuple[str, ...], str]:
     path = os.path.abspath(str(path))
     stem = os.path.basename(path)
     for ext in _IMAGE_EXTENSIONS:
-        if stem.endswith(ext):
+        if stem.lower().endswith(ext):  # T1.NII.GZ as well
             stem = stem[: -len(ext)]
             break
     parents = [p for p in os.path.dirname(path).split(os.sep) if p]
@@ -152,9 +152,37 @@ class OutputParentLevels:
     def __init__(self, levels: int = 1) -> None:
         self.levels = int(levels)
 
-    def set_inputs(self, paths: Sequence[str]) -> int:
-        """Set (and return) the fewest levels that keep the outputs of ``paths`` apart (``output_parent_levels``)."""
+    def set_inputs(
+        self,
+        items: Sequence[str | Mapping[str, Any]],
+        layouts: Sequence[SubjectFolderLayout] = (),
+        image_key: str = "image",
+    ) -> int:
+        """Set (and return) the fewest levels that keep the outputs of the inputs apart (``output_parent_levels``).
+
+        ``items``: input image paths, or datalist entries (dicts) whose ``image_key`` is the input image; their other
+        string values (label files in an evaluation) are protected from the outputs as well.
+
+        Raises:
+            ValueError: naming both files, when an output of one of ``layouts`` would overwrite a file of the run
+                (``a.nii.gz`` and ``a_seg.nii.gz`` in one folder, written into that folder), before any work.
+        """
+        paths = [str(d[image_key]) if isinstance(d, Mapping) else str(d) for d in items]
         self.levels = output_parent_levels(paths)
+        files = {
+            os.path.realpath(str(v))
+            for d in items
+            for v in (d.values() if isinstance(d, Mapping) else [d])
+            if isinstance(v, (str, os.PathLike))
+        }
+        for layout in layouts:
+            for path in paths:
+                output = layout.path_for(path)
+                if os.path.realpath(output) in files:
+                    raise ValueError(
+                        f"{output} (the '{layout.postfix}' output of {path}) is also a file this run reads and would "
+                        "be overwritten; write the outputs elsewhere with --output_dir."
+                    )
         return self.levels
 
     def __int__(self) -> int:
@@ -189,15 +217,19 @@ class SubjectFolderLayout(FolderLayoutBase):
         self.makedirs = makedirs
         self.parent_levels = parent_levels
 
-    def filename(self, subject: str = "subject", idx: int | None = None, **kwargs: object) -> str:
+    def path_for(self, subject: str, idx: int | None = None) -> str:
+        """The output path of the input ``subject`` (nothing is created)."""
         parents, stem = _output_key(str(subject), int(self.parent_levels))
         name = f"{stem}_{self.postfix}" if self.postfix else stem
         if idx is not None:
             name += f"_{idx}"
-        folder = os.path.join(self.output_dir, *parents)
+        return os.path.join(self.output_dir, *parents, name + self.extension)
+
+    def filename(self, subject: str = "subject", idx: int | None = None, **kwargs: object) -> str:
+        path = self.path_for(subject, idx)
         if self.makedirs:
-            os.makedirs(folder, exist_ok=True)
-        return os.path.join(folder, name + self.extension)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+        return path
 
 
 class AtomicNiftiWriter(NibabelWriter):

@@ -15,3 +15,15 @@ def tiny_dataset(tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("data") / "demo"
     splits = prepare_demo_data(str(root), num_train=3, num_val=2, num_test=2, seed=1)
     return root, Path(splits)
+
+
+@pytest.fixture()
+def bundle_unchanged():
+    """Fails the test when the run changed, added or removed any of the bundle's own files (weights, configs, data)."""
+    from tests.utils import bundle_snapshot
+
+    before = bundle_snapshot()
+    yield
+    after = bundle_snapshot()
+    changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+    assert not changed, f"the run changed the bundle's own files: {changed[:20]}"

@@ -20,6 +20,8 @@ from scripts.handlers import MetricsSummaryHandler, write_json_atomic
 from scripts.network import MetaSegINR
 from scripts.outputs import AtomicMetricsSaver, AtomicNiftiWriter, remove_stale_temp_files
 
+pytestmark = pytest.mark.usefixtures("bundle_unchanged")  # nothing of the bundle changes
+
 
 class DiskFull(OSError):
     pass

@@ -15,6 +15,8 @@ import torch
 
 from tests.utils import data_args, run_bundle, tiny_metaseg
 
+pytestmark = pytest.mark.usefixtures("bundle_unchanged")  # nothing of the bundle changes
+
 INFER = "['configs/inference.json']"
 EVAL = "['configs/inference.json','configs/evaluate.json']"
 

@@ -12,6 +12,8 @@ import pytest
 from scripts.demo_data import generate_subject
 from tests.utils import run_inference_on_files, save_tiny_metaseg
 
+pytestmark = pytest.mark.usefixtures("bundle_unchanged")  # nothing of the bundle changes
+
 
 @pytest.fixture(scope="module")
 def batch(tmp_path_factory) -> tuple[list[Path], Path]:

@@ -9,6 +9,8 @@ import pytest
 from scripts.demo_data import AFFINE, generate_subject
 from tests.utils import run_inference_on_files, save_tiny_metaseg
 
+pytestmark = pytest.mark.usefixtures("bundle_unchanged")  # nothing of the bundle changes
+
 
 @pytest.mark.parametrize("scale", [1, 2])
 def test_singleton_axis_slice_keeps_its_shape_and_affine(tmp_path, scale):

@@ -20,6 +20,8 @@ from scripts.intensity import (
 )
 from tests.utils import REPO_ROOT, run_inference_on_files, save_tiny_metaseg
 
+pytestmark = pytest.mark.usefixtures("bundle_unchanged")  # nothing of the bundle changes
+
 CONFIGS = ["configs/train.json", "configs/inference.json"]  # configs/train_unet.json layers on train.json
 
 

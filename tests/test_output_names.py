@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 
 from scripts.demo_data import generate_subject
-from scripts.outputs import SubjectFolderLayout, output_parent_levels
+from scripts.outputs import OutputParentLevels, SubjectFolderLayout, output_parent_levels
 from tests.utils import run_inference_on_files, save_tiny_metaseg
+
+pytestmark = pytest.mark.usefixtures("bundle_unchanged")  # nothing of the bundle changes
 
 
 @pytest.mark.parametrize(
@@ -95,3 +97,21 @@ def test_inference_on_own_files_never_generates_the_demo_data(tmp_path):
     )  # fmt: skip
     assert not demo.exists()
     assert (out / "sub01" / "T1_seg.nii.gz").is_file()
+
+
+def test_outputs_never_overwrite_a_file_the_run_reads(tmp_path):
+    """An image's ``_seg`` output landing on another input, or on a label of the datalist, is refused up front."""
+    levels = OutputParentLevels()
+    layouts = [SubjectFolderLayout(str(tmp_path), postfix=p, parent_levels=levels) for p in ("seg", "uncertainty")]
+    sub = tmp_path / "s1"
+    with pytest.raises(ValueError, match="a_seg.nii.gz .the 'seg' output of .*a.nii.gz. is also a file this run reads"):
+        levels.set_inputs([str(sub / "a.nii.gz"), str(sub / "a_seg.nii.gz")], layouts)
+    with pytest.raises(ValueError, match="a_uncertainty.nii.gz"):
+        levels.set_inputs([{"image": str(sub / "a.nii.gz"), "label": str(sub / "a_uncertainty.nii.gz")}], layouts)
+    assert levels.set_inputs([{"image": str(sub / "a.nii.gz"), "label": str(sub / "a_seg4.nii.gz")}], layouts) == 1
+    assert levels.set_inputs([str(sub / "a.nii.gz")], layouts) == 1  # written beside its input: nothing clashes
+    assert (
+        SubjectFolderLayout(str(tmp_path), parent_levels=levels)
+        .path_for(str(sub / "T1.NII.GZ"))
+        .endswith("s1/T1_seg.nii.gz")
+    )

@@ -18,6 +18,8 @@ import torch
 
 from tests.utils import REPO_ROOT, data_args, run_bundle, run_inference_on_files
 
+pytestmark = pytest.mark.usefixtures("bundle_unchanged")  # nothing of the bundle changes
+
 META_EPOCHS, HEAD_EPOCHS, NUM_TRAIN = 12, 8, 3
 
 

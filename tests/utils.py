@@ -106,3 +106,24 @@ def run_inference_on_files(
         *args,
         check=check,
     )
+
+
+# what a run may never touch: the bundle's own files (eval/, the default output folder, is left to other runs)
+_NOT_SNAPSHOT = {".git", ".venv", ".venv-monailabel", "eval", "__pycache__", ".pytest_cache", "monailabel_app"}
+
+
+def folder_snapshot(folder: Path, skip: set[str] = frozenset()) -> dict[str, tuple[int, int]]:
+    """``relative path -> (size, mtime_ns)`` of every file under ``folder`` (names in ``skip`` pruned at any depth)."""
+    snapshot = {}
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = [d for d in dirs if d not in skip]
+        for name in files:
+            path = Path(root) / name
+            stat = path.lstat()
+            snapshot[str(path.relative_to(folder))] = (stat.st_size, stat.st_mtime_ns)
+    return snapshot
+
+
+def bundle_snapshot() -> dict[str, tuple[int, int]]:
+    """:func:`folder_snapshot` of the bundle (configs, models, scripts, docs, data, ...), caches and venvs left out."""
+    return folder_snapshot(REPO_ROOT, _NOT_SNAPSHOT)
