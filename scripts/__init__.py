@@ -21,6 +21,7 @@ __all__ = [
     "head_trainer",
     "inferer",
     "intensity",
+    "losses",
     "measure",
     "network",
     "options",

@@ -19,7 +19,7 @@ def tiny_dataset(tmp_path_factory) -> tuple[Path, Path]:
 
 @pytest.fixture()
 def bundle_unchanged():
-    """Fails the test when the run changed, added or removed any of the bundle's own files (weights, configs, data)."""
+    """Fails the test when the run changed, added or removed a file of the bundle (weights, configs, data, docs)."""
     from tests.utils import bundle_snapshot
 
     before = bundle_snapshot()

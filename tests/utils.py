@@ -108,15 +108,16 @@ def run_inference_on_files(
     )
 
 
-# what a run may never touch: the bundle's own files (eval/, the default output folder, is left to other runs)
-_NOT_SNAPSHOT = {".git", ".venv", ".venv-monailabel", "eval", "__pycache__", ".pytest_cache", "monailabel_app"}
+# what a run may never touch: the bundle's weights, configs, data and docs, and its top-level files (eval/, the
+# default output folder, is left to other runs; code folders are left out so that editing them while tests run is no
+# failure)
+_SNAPSHOT_FOLDERS = ("configs", "models", "data", "docs")
 
 
-def folder_snapshot(folder: Path, skip: set[str] = frozenset()) -> dict[str, tuple[int, int]]:
-    """``relative path -> (size, mtime_ns)`` of every file under ``folder`` (names in ``skip`` pruned at any depth)."""
+def folder_snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+    """``relative path -> (size, mtime_ns)`` of every file under ``folder`` (none if it does not exist)."""
     snapshot = {}
-    for root, dirs, files in os.walk(folder):
-        dirs[:] = [d for d in dirs if d not in skip]
+    for root, _, files in os.walk(folder):
         for name in files:
             path = Path(root) / name
             stat = path.lstat()
@@ -125,5 +126,8 @@ def folder_snapshot(folder: Path, skip: set[str] = frozenset()) -> dict[str, tup
 
 
 def bundle_snapshot() -> dict[str, tuple[int, int]]:
-    """:func:`folder_snapshot` of the bundle (configs, models, scripts, docs, data, ...), caches and venvs left out."""
-    return folder_snapshot(REPO_ROOT, _NOT_SNAPSHOT)
+    """:func:`folder_snapshot` of the bundle's weights, configs, data and docs, plus its top-level files."""
+    snapshot = {p.name: (p.lstat().st_size, p.lstat().st_mtime_ns) for p in REPO_ROOT.iterdir() if p.is_file()}
+    for name in _SNAPSHOT_FOLDERS:
+        snapshot.update({f"{name}/{k}": v for k, v in folder_snapshot(REPO_ROOT / name).items()})
+    return snapshot
