@@ -16,8 +16,8 @@ import nibabel as nib
 import numpy as np
 from monai.utils import optional_import
 
-from .anatomy import AFFINE, AFFINE_3D, SEG4_LABELS, SLICE_INDEX, template
-from .synthesis import _support_distance, generate_subject
+from .anatomy import AFFINE, AFFINE_3D, SEG4_LABELS, SLICE_INDEX
+from .synthesis import generate_subject, warm_up
 
 tqdm, has_tqdm = optional_import("tqdm", name="tqdm")
 
@@ -214,12 +214,6 @@ def _write_subject(root: str, name: str, seed: int, index: int, spatial_dims: in
     return files + [f"{name}/slice_norm.nii.gz", f"{name}/slice_seg4.nii.gz"]
 
 
-def _warm_up() -> None:
-    """Worker initialiser: derive the template once per process, before the first subject."""
-    template()
-    _support_distance()
-
-
 def _duration(seconds: float) -> str:
     seconds = int(round(seconds))
     return f"{seconds // 60} min {seconds % 60} s" if seconds >= 60 else f"{seconds} s"
@@ -286,7 +280,7 @@ def _write_subjects(
         return [f for r in results for f in r]
     # spawn, not fork: the caller may hold threads (torch, CUDA) that a forked child must not inherit
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_warm_up) as pool:
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=warm_up) as pool:
         futures = {pool.submit(_write_subject, str(root), *job): i for i, job in enumerate(jobs)}
         try:
             for future in as_completed(futures):

@@ -9,7 +9,7 @@ from scipy import ndimage
 
 from .anatomy import NUM_CLASSES, SLICE_INDEX, SLICE_SHAPE, SLICE_Y_MM, VOLUME_SHAPE, template
 
-__all__ = ["WM_NORM", "generate_subject"]
+__all__ = ["WM_NORM", "generate_subject", "warm_up"]
 
 
 def _rotation(angles: np.ndarray) -> np.ndarray:
@@ -45,6 +45,12 @@ def _support_distance() -> np.ndarray:
     tpl = template()
     support = (tpl["t1"] > 0) | (tpl["labels"] > 0)
     return ndimage.distance_transform_edt(~support).astype(np.float32)
+
+
+def warm_up() -> None:
+    """Derive the template and its distance map now (once per process), e.g. in a worker before its first subject."""
+    template()
+    _support_distance()
 
 
 def _may_hit_template(vox0: np.ndarray, radius: float) -> np.ndarray:
