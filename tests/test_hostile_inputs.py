@@ -8,7 +8,6 @@ The other rows of ``docs/hostile_inputs.md`` are tested next to the code they ex
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import os
 import stat
@@ -158,7 +157,7 @@ def _output_over_an_input(root: Path) -> tuple[list[Path], list[str], list[str]]
     a, a_seg = root / "s1" / "a.nii.gz", root / "s1" / "a_seg.nii.gz"
     nib.save(nib.Nifti1Image(_image(), AFFINE), str(a))
     nib.save(nib.Nifti1Image(_image() * 0.9, AFFINE), str(a_seg))
-    return [a, a_seg], ["--output_dir", str(root)], ["is also a file this run reads", "would be overwritten"]
+    return [a, a_seg], [], ["is also a file this run reads", "would be overwritten"]  # written into root
 
 
 def _bad_option(option: str, value: str, phrase: str) -> Callable:
@@ -188,31 +187,14 @@ def test_refused_before_any_work_naming_the_problem(tmp_path, case):
     files, extra, phrases = REFUSED[case](root)
     save_tiny_metaseg(tmp_path / "models")
     hashes = {p: _sha(p) for p in root.rglob("*") if p.is_file()}
-    out = tmp_path / "out"
-    args = ["--output_dir", str(out), *extra] if "--output_dir" not in extra else extra
-    proc = run_bundle(
-        "run",
-        "inference",
-        "--config_file",
-        "configs/inference.json",
-        "--datalist",
-        json.dumps([str(f) for f in files]),
-        "--dataset_dir",
-        str(root),
-        "--ckpt_dir",
-        str(tmp_path / "models"),
-        *TINY_NET,
-        "--fit_steps",
-        "2",
-        *args,
-        check=False,
-    )
+    out = root if case == "an output that would overwrite an input" else tmp_path / "out"
+    proc = run_inference_on_files(files, out, tmp_path / "models", "--fit_steps", "2", *extra, check=False)
     log = proc.stdout + proc.stderr
     assert proc.returncode != 0
     assert all(p in log for p in phrases), log[-4000:]
     assert str(files[0]) in log or str(files[-1]) in log or case.startswith("--")
     assert "object at 0x" not in log.split("ERROR")[-1][:400]
-    assert not [f for f in _files(out) if f != "failures.csv"] and not [p for p in root.rglob("*_seg_*")]
+    assert not [p for p in out.rglob("*") if p.is_file() and p not in hashes and p.name != "failures.csv"]
     assert {p: _sha(p) for p in root.rglob("*") if p.is_file()} == hashes  # nothing written next to the inputs
 
 
