@@ -172,6 +172,7 @@ def bench_meta_step(net: MetaSegINR, images: torch.Tensor, labels: torch.Tensor,
     """Seconds per outer step: reference style (all pixels, plain loop) and the bundle's MetaSegTrainer."""
     train = ConfigParser.load_config_file(str(REPO_ROOT / "configs" / "train.json"))
     inner_steps, num_points = train["train"]["trainer"]["inner_steps"], train["train"]["trainer"]["num_points"]
+    seg_points = train["train"]["trainer"].get("seg_points")
     lr = train["fit_lr"]
     loss_fn = FocalLoss(gamma=1.0, use_softmax=True, to_onehot_y=True)
     model = copy.deepcopy(net)
@@ -216,6 +217,7 @@ def bench_meta_step(net: MetaSegINR, images: torch.Tensor, labels: torch.Tensor,
         inner_lr=lr,
         inner_seg_weight=0.0,
         num_points=num_points,
+        seg_points=seg_points,
         grad_clip_norm=1.0,
     )
     starts: list[float] = []
@@ -224,7 +226,10 @@ def bench_meta_step(net: MetaSegINR, images: torch.Tensor, labels: torch.Tensor,
     prod = (time.perf_counter() - starts[1]) / n  # the first iteration is a warm-up
     return [
         {"method": f"reference meta step ({inner_steps} inner steps, all pixels, plain loop)", "s_per_step": ref},
-        {"method": f"product meta step (MetaSegTrainer, {num_points} points)", "s_per_step": prod},
+        {
+            "method": f"product meta step (MetaSegTrainer, {num_points} points, {seg_points} classified)",
+            "s_per_step": prod,
+        },
     ]
 
 

@@ -8,12 +8,32 @@ from typing import Any
 import torch
 from monai.utils import convert_to_tensor
 
-from .fitting import batch_coordinate_grid, flatten_image, gather_points, sample_points
+from .fitting import batch_coordinate_grid, flatten_image, gather_points, grid_neighbour_index, sample_points
 from .inferer import FitResult, MetaSegInferer
-from .network import HEAD_PREFIX, MetaSegINR
+from .network import HEAD_PREFIX, TRUNK_PREFIXES, MetaSegINR
 from .trainer import PointLossTrainer
 
-__all__ = ["HeadFineTuneTrainer"]
+__all__ = ["FitCache", "HeadFineTuneTrainer"]
+
+
+class FitCache:
+    """Fitted trunk weights and label maps of training images by file name, plus their grid features (derived).
+
+    Part of the head stage's checkpoint (``state_dict``), so that a resumed fine-tune decodes the very fits, and label
+    maps, of the images' first epoch, as the uninterrupted run does: re-fitting after a resume would see that epoch's
+    augmentation instead. The grid features are recomputed from the weights and are not saved.
+    """
+
+    def __init__(self) -> None:
+        self.params: dict[str, dict[str, torch.Tensor]] = {}
+        self.labels: dict[str, torch.Tensor] = {}
+        self.features: dict[str, torch.Tensor] = {}
+
+    def state_dict(self) -> dict[str, dict]:
+        return {"params": self.params, "labels": self.labels}
+
+    def load_state_dict(self, state: dict[str, dict]) -> None:
+        self.params, self.labels, self.features = dict(state["params"]), dict(state["labels"]), {}
 
 
 class HeadFineTuneTrainer(PointLossTrainer):
@@ -25,7 +45,9 @@ class HeadFineTuneTrainer(PointLossTrainer):
     frozen in this stage, so each image's fit is computed once and cached by file name (``cache_fits=True``),
     together with the label map it was fitted with: with random augmentation in the data pipeline, an image is seen
     under the (rotation, flip, contrast, ...) drawn for it the first time, and features and labels always match.
-    ``num_points`` random pixels per image (``None``: all) enter each loss.
+    ``num_points`` random pixels per image (``None``: all) enter each loss. A head with neighbourhood context reads
+    the neighbours' features from one trunk pass over the fitted grid (cached with the fit), as the inferer decodes,
+    instead of evaluating the trunk again at every neighbour of every point.
     """
 
     def __init__(
@@ -39,6 +61,7 @@ class HeadFineTuneTrainer(PointLossTrainer):
         inferer: MetaSegInferer,
         num_points: int | None = None,
         cache_fits: bool = True,
+        fit_cache: FitCache | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(
@@ -60,35 +83,55 @@ class HeadFineTuneTrainer(PointLossTrainer):
             raise ValueError("HeadFineTuneTrainer's optimizer must hold only the head's parameters (network.head).")
         self.num_points = num_points
         self.cache_fits = cache_fits
-        self._fit_cache: dict[str, dict[str, torch.Tensor]] = {}
-        self._label_cache: dict[str, torch.Tensor] = {}
+        self.fit_cache = FitCache() if fit_cache is None else fit_cache
 
     def _fitted_params(
         self, inputs: torch.Tensor, targets: torch.Tensor, net: MetaSegINR
     ) -> tuple[FitResult, torch.Tensor]:
         """Fit the batch with the inference-time fit, or reuse cached fits of the same files with their labels."""
         names = getattr(inputs, "meta", {}).get("filename_or_obj") if self.cache_fits else None
-        if names is None or any(n not in self._fit_cache for n in names):
+        cache = self.fit_cache
+        if names is None or any(n not in cache.params for n in names):
             fit = self.inferer.fit(inputs, net)
             if names is not None:
-                for i, n in enumerate(names):
-                    self._fit_cache[n] = {k: v[i] for k, v in fit.params.items()}
-                    self._label_cache[n] = targets[i].detach().to(torch.uint8)
+                for i, n in enumerate(names):  # the trunk's fitted weights only: the head is not fitted
+                    cache.params[n] = {k: v[i] for k, v in fit.params.items() if k.startswith(TRUNK_PREFIXES)}
+                    cache.labels[n] = convert_to_tensor(targets[i].detach(), track_meta=False).to(torch.uint8)
             return fit, targets
-        params = {k: torch.stack([self._fit_cache[n][k] for n in names]) for k in self._fit_cache[names[0]]}
+        params = {k: torch.stack([cache.params[n][k] for n in names]) for k in cache.params[names[0]]}
         spatial_shape = tuple(int(s) for s in inputs.shape[2:])
         coords = batch_coordinate_grid(inputs)
-        labels = torch.stack([self._label_cache[n] for n in names]).to(targets.device)
+        labels = torch.stack([cache.labels[n] for n in names]).to(targets.device)
         return FitResult(params=params, coords=coords, spatial_shape=spatial_shape), labels
+
+    @torch.no_grad()
+    def _head_input(
+        self, fit: FitResult, net: MetaSegINR, index: torch.Tensor | None, names: list[str] | None
+    ) -> torch.Tensor:
+        """The head's input ``[B, n, K * hidden]`` at the points ``index`` ``[B, n]`` (``None``: all) of the fit."""
+        if net.context_radius == 0 or fit.spatial_shape != net.context_grid:
+            return net.head_input(gather_points(fit.coords, index), fit.params)
+        cached = self.fit_cache.features
+        if names is not None and all(n in cached for n in names):
+            features = torch.stack([cached[n] for n in names])
+        else:
+            features = net.trunk_features(fit.coords, fit.params)  # [B, N, hidden], the fitted grid's
+            for i, n in enumerate(names or []):
+                cached[n] = features[i]
+        neighbours = grid_neighbour_index(fit.spatial_shape, net.context_pixels.to(features.device))  # [N, K]
+        if index is None:
+            index = torch.arange(neighbours.shape[0], device=features.device).expand(features.shape[0], -1)
+        rows = neighbours[index]  # [B, n, K]
+        picked = torch.gather(features, 1, rows.flatten(1).unsqueeze(-1).expand(-1, -1, features.shape[-1]))
+        return picked.reshape(*rows.shape[:2], -1)
 
     def compute_loss(
         self, inputs: torch.Tensor, targets: torch.Tensor, net: MetaSegINR
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Segmentation loss of the head on the (cached) fitted features of a random subset of points."""
         fit, targets = self._fitted_params(inputs, targets, net)
+        names = getattr(inputs, "meta", {}).get("filename_or_obj") if self.cache_fits else None
         label = flatten_image(convert_to_tensor(targets, track_meta=False).long())
         index = sample_points(fit.coords.shape[1], self.num_points, inputs.shape[0], inputs.device)
-        with torch.no_grad():
-            head_input = net.head_input(gather_points(fit.coords, index), fit.params)
-        logits = net.decode(head_input)
+        logits = net.decode(self._head_input(fit, net, index, names))
         return self.loss_function(logits.transpose(1, 2), gather_points(label, index).transpose(1, 2)), {}

@@ -29,4 +29,29 @@ def test_cached_fit_is_used_with_its_own_labels():
     assert torch.equal(labels, first)
     cached, labels = trainer._fitted_params(image.flip(-2), flipped, net)
     assert torch.equal(labels.long(), first)  # the labels of the cached fit, not the new augmentation's
-    assert all(torch.equal(cached.params[k], fit.params[k]) for k in fit.params)
+    assert all(torch.equal(cached.params[k], fit.params[k]) for k in cached.params)  # the fitted trunk
+    assert all(k.startswith(("trunk.", "intensity.")) for k in cached.params)
+
+
+def test_neighbour_features_come_from_one_cached_trunk_pass():
+    """On the fitted grid the head's input gathered from cached grid features equals the trunk at every neighbour."""
+    net = tiny_metaseg(context_grid=(16, 16), context_step=2)  # the configs' radius (2): 25 neighbours
+    trainer = HeadFineTuneTrainer(
+        device="cpu",
+        max_epochs=1,
+        train_data_loader=[],
+        network=net,
+        optimizer=torch.optim.Adam(net.head.parameters()),
+        loss_function=DiceFocalLoss(softmax=True, to_onehot_y=True),
+        inferer=MetaSegInferer(fit_steps=1, fit_points=None, fit_bf16=False),
+    )
+    images = MetaTensor(torch.rand(2, 1, 16, 16), meta={"filename_or_obj": ["a.nii.gz", "b.nii.gz"]})
+    fit, _ = trainer._fitted_params(images, torch.zeros(2, 1, 16, 16), net)
+    index = torch.stack([torch.randperm(256)[:40] for _ in range(2)])
+    expected = net.head_input(torch.stack([fit.coords[i, index[i]] for i in range(2)]), fit.params)
+    names = ["a.nii.gz", "b.nii.gz"]
+    torch.testing.assert_close(trainer._head_input(fit, net, index, names), expected, rtol=1e-5, atol=1e-5)
+    assert set(trainer.fit_cache.features) == set(names)
+    torch.testing.assert_close(trainer._head_input(fit, net, index, names), expected, rtol=1e-5, atol=1e-5)
+    full = net.head_input(fit.coords, fit.params)
+    torch.testing.assert_close(trainer._head_input(fit, net, None, None), full, rtol=1e-5, atol=1e-5)
