@@ -11,9 +11,9 @@ from scripts.inferer import MetaSegInferer
 from tests.utils import tiny_metaseg
 
 
-def test_cached_fit_is_used_with_its_own_labels():
-    net = tiny_metaseg(context_grid=(16, 16))
-    trainer = HeadFineTuneTrainer(
+def _trainer(net) -> HeadFineTuneTrainer:
+    """A head fine-tune trainer of ``net`` with a one-step fit on all pixels (no data loader: tests call it)."""
+    return HeadFineTuneTrainer(
         device="cpu",
         max_epochs=1,
         train_data_loader=[],
@@ -22,6 +22,11 @@ def test_cached_fit_is_used_with_its_own_labels():
         loss_function=DiceFocalLoss(softmax=True, to_onehot_y=True),
         inferer=MetaSegInferer(fit_steps=1, fit_points=None, fit_bf16=False),
     )
+
+
+def test_cached_fit_is_used_with_its_own_labels():
+    net = tiny_metaseg(context_grid=(16, 16))
+    trainer = _trainer(net)
     image = MetaTensor(torch.rand(1, 1, 16, 16), meta={"filename_or_obj": ["a.nii.gz"]})
     first = torch.randint(0, 5, (1, 1, 16, 16))
     flipped = first.flip(-2)  # the same file, augmented differently in a later epoch
@@ -36,15 +41,7 @@ def test_cached_fit_is_used_with_its_own_labels():
 def test_neighbour_features_come_from_one_cached_trunk_pass():
     """On the fitted grid the head's input gathered from cached grid features equals the trunk at every neighbour."""
     net = tiny_metaseg(context_grid=(16, 16), context_step=2)  # the configs' radius (2): 25 neighbours
-    trainer = HeadFineTuneTrainer(
-        device="cpu",
-        max_epochs=1,
-        train_data_loader=[],
-        network=net,
-        optimizer=torch.optim.Adam(net.head.parameters()),
-        loss_function=DiceFocalLoss(softmax=True, to_onehot_y=True),
-        inferer=MetaSegInferer(fit_steps=1, fit_points=None, fit_bf16=False),
-    )
+    trainer = _trainer(net)
     images = MetaTensor(torch.rand(2, 1, 16, 16), meta={"filename_or_obj": ["a.nii.gz", "b.nii.gz"]})
     fit, _ = trainer._fitted_params(images, torch.zeros(2, 1, 16, 16), net)
     index = torch.stack([torch.randperm(256)[:40] for _ in range(2)])
