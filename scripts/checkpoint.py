@@ -150,10 +150,11 @@ def load_network_checked(
     """
     checkpoint = read_checkpoint(path, map_location)
     state = checkpoint[key] if key in checkpoint and isinstance(checkpoint[key], Mapping) else checkpoint
-    if widen_head and isinstance(getattr(network, "module", network), MetaSegINR):
-        state = widen_head_context(dict(state), getattr(network, "module", network))
+    net = getattr(network, "module", network)
+    if widen_head and isinstance(net, MetaSegINR):
+        state = widen_head_context(dict(state), net)
     check_state_dict(network, state, str(path))
-    getattr(network, "module", network).load_state_dict(state)
+    net.load_state_dict(state)
     return network
 
 

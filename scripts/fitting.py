@@ -42,17 +42,23 @@ def unflatten_points(points: torch.Tensor, spatial_shape: Sequence[int]) -> torc
     return points.transpose(1, 2).reshape(points.shape[0], points.shape[2], *spatial_shape)
 
 
-def grid_neighbour_index(spatial_shape: Sequence[int], offsets: torch.Tensor) -> torch.Tensor:
-    """Flat indices ``[N, K]`` of every grid point's ``K`` neighbours at integer pixel ``offsets`` ``[K, D]``.
+def grid_neighbour_index(
+    spatial_shape: Sequence[int], offsets: torch.Tensor, points: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Flat indices ``[N, K]`` of every grid point's ``K`` neighbours at integer pixel ``offsets`` ``[K, D]``, or
+    ``[*points.shape, K]`` of the grid points with flat indices ``points`` only.
 
     Neighbours outside the grid are clamped to its border, as coordinates are clamped to ``[-1, 1]``; points are in
     the order of :func:`coordinate_grid`.
     """
     shape = torch.tensor([int(s) for s in spatial_shape], device=offsets.device)
-    axes = [torch.arange(int(n), device=offsets.device) for n in spatial_shape]
-    position = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, len(axes))  # [N, D]
-    neighbour = torch.minimum((position.unsqueeze(1) + offsets).clamp(min=0), shape - 1)  # [N, K, D]
-    strides = torch.tensor([math.prod(spatial_shape[d + 1 :]) for d in range(len(axes))], device=offsets.device)
+    strides = torch.tensor(
+        [math.prod(spatial_shape[d + 1 :]) for d in range(len(spatial_shape))], device=offsets.device
+    )
+    if points is None:
+        points = torch.arange(math.prod(spatial_shape), device=offsets.device)
+    position = points.unsqueeze(-1) // strides % shape  # [..., D]
+    neighbour = torch.minimum((position.unsqueeze(-2) + offsets).clamp(min=0), shape - 1)  # [..., K, D]
     return (neighbour * strides).sum(-1)
 
 

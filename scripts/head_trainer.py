@@ -85,11 +85,15 @@ class HeadFineTuneTrainer(PointLossTrainer):
         self.cache_fits = cache_fits
         self.fit_cache = FitCache() if fit_cache is None else fit_cache
 
+    def _cache_names(self, inputs: torch.Tensor) -> list[str] | None:
+        """The batch's file names, under which its fits are cached (``None``: not cached)."""
+        return getattr(inputs, "meta", {}).get("filename_or_obj") if self.cache_fits else None
+
     def _fitted_params(
         self, inputs: torch.Tensor, targets: torch.Tensor, net: MetaSegINR
     ) -> tuple[FitResult, torch.Tensor]:
         """Fit the batch with the inference-time fit, or reuse cached fits of the same files with their labels."""
-        names = getattr(inputs, "meta", {}).get("filename_or_obj") if self.cache_fits else None
+        names = self._cache_names(inputs)
         cache = self.fit_cache
         if names is None or any(n not in cache.params for n in names):
             fit = self.inferer.fit(inputs, net)
@@ -118,10 +122,8 @@ class HeadFineTuneTrainer(PointLossTrainer):
             features = net.trunk_features(fit.coords, fit.params)  # [B, N, hidden], the fitted grid's
             for i, n in enumerate(names or []):
                 cached[n] = features[i]
-        neighbours = grid_neighbour_index(fit.spatial_shape, net.context_pixels.to(features.device))  # [N, K]
-        if index is None:
-            index = torch.arange(neighbours.shape[0], device=features.device).expand(features.shape[0], -1)
-        rows = neighbours[index]  # [B, n, K]
+        rows = grid_neighbour_index(fit.spatial_shape, net.context_pixels.to(features.device), index)  # [(B,) n, K]
+        rows = rows.expand(features.shape[0], -1, -1) if index is None else rows
         picked = torch.gather(features, 1, rows.flatten(1).unsqueeze(-1).expand(-1, -1, features.shape[-1]))
         return picked.reshape(*rows.shape[:2], -1)
 
@@ -130,7 +132,7 @@ class HeadFineTuneTrainer(PointLossTrainer):
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Segmentation loss of the head on the (cached) fitted features of a random subset of points."""
         fit, targets = self._fitted_params(inputs, targets, net)
-        names = getattr(inputs, "meta", {}).get("filename_or_obj") if self.cache_fits else None
+        names = self._cache_names(inputs)
         label = flatten_image(convert_to_tensor(targets, track_meta=False).long())
         index = sample_points(fit.coords.shape[1], self.num_points, inputs.shape[0], inputs.device)
         logits = net.decode(self._head_input(fit, net, index, names))

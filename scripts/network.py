@@ -256,12 +256,9 @@ def widen_head_context(state: dict[str, torch.Tensor], network: MetaSegINR) -> d
     radius = round((old_count ** (1.0 / dims) - 1) / 2)
     if (2 * radius + 1) ** dims != old_count or radius >= network.context_radius:
         return state
-    step = network.context_step
-    shifts = range(-radius * step, radius * step + 1, step)
-    new_index = {tuple(p.tolist()): i for i, p in enumerate(network.context_pixels)}
+    # the smaller neighbourhood's offsets, in its own (lexicographic) order, are those of the larger within its box
+    inside = (network.context_pixels.abs().amax(dim=1) <= radius * network.context_step).nonzero().flatten()
     old_weight = state[key]
-    weight = old_weight.new_zeros(old_weight.shape[0], network.head[0].in_features)
-    for i, pixel in enumerate(itertools.product(shifts, repeat=dims)):
-        j = new_index[pixel]
-        weight[:, j * hidden : (j + 1) * hidden] = old_weight[:, i * hidden : (i + 1) * hidden]
-    return {**state, key: weight}
+    weight = old_weight.new_zeros(old_weight.shape[0], len(network.context_pixels), hidden)
+    weight[:, inside] = old_weight.reshape(old_weight.shape[0], old_count, hidden)
+    return {**state, key: weight.flatten(1)}
