@@ -7,7 +7,9 @@ In one process, on the demo test split and the shipped ``models/model.pt``:
    one decode of every pixel;
 2. ``product``: the bundle's :class:`scripts.inferer.MetaSegInferer` with the settings of ``configs/inference.json``,
    one image at a time;
-3. ``product batched``: the same inferer given all images as one batch (per-image weights, batched matmuls).
+3. ``product batched``: the same inferer given all images as one batch (per-image weights, batched matmuls);
+4. ``fast preset``: the inferer of ``configs/fast.json`` (5 fit steps) with its weights ``models/fast/model.pt``,
+   one image at a time, taking turns with 1. and 2.
 
 For each it prints seconds per slice, slices per second, mean foreground Dice, PSNR, peak resident memory and the
 matmul GFLOPS achieved (matrix products counted analytically, elementwise work not counted) as a fraction of a
@@ -116,8 +118,10 @@ def timed(fn, *args) -> tuple[float, dict, Any]:
     return seconds, memory, out
 
 
-def bench_fit(net, images, labels, inferer: MetaSegInferer, ref_steps: int, peak: float) -> list[dict]:
-    """The three fit-then-decode rows of the table.
+def bench_fit(
+    net, images, labels, inferer: MetaSegInferer, ref_steps: int, peak: float, fast: tuple | None = None
+) -> list[dict]:
+    """The fit-then-decode rows of the table (``fast``: the fast preset's network and inferer, a fourth row).
 
     The reference and the product take turns image by image, so that both see the same machine: this CPU's speed
     drifts by tens of percent over minutes, and a ratio of two blocks run minutes apart would carry that drift.
@@ -137,6 +141,13 @@ def bench_fit(net, images, labels, inferer: MetaSegInferer, ref_steps: int, peak
             fit_points,
         ),
     }
+    if fast is not None:
+        fast_net, fast_inferer = fast
+        methods[f"fast preset ({fast_inferer.fit_steps} steps, {fit_points} points)"] = (
+            lambda image: fast_inferer.fit_decode(image, fast_net),
+            fast_inferer.fit_steps,
+            fit_points,
+        )
     inferer.fit_decode(images[:1], net)  # warm-up: oneDNN builds its bf16 kernels on first use
     runs: dict[str, list] = {name: [] for name in methods}
     for i in range(n):
@@ -147,6 +158,8 @@ def bench_fit(net, images, labels, inferer: MetaSegInferer, ref_steps: int, peak
     runs[batched] = [timed(inferer.fit_decode, images, net)]
 
     rows = []
+    order = [name for name in methods if name != batched]
+    methods = {name: methods[name] for name in [*order[:2], batched, *order[2:]]}
     for name, (_, steps, points) in methods.items():
         seconds = sum(r[0] for r in runs[name])
         logits, recon = (torch.cat([r[2][j] for r in runs[name]]) for j in (0, 1))
@@ -233,6 +246,19 @@ def bench_meta_step(net: MetaSegINR, images: torch.Tensor, labels: torch.Tensor,
     ]
 
 
+def load_preset(config_file: str) -> tuple[MetaSegINR, MetaSegInferer]:
+    """A preset's network, loaded from its ``ckpt_dir``'s ``model.pt``, and its inferer."""
+    parser = ConfigParser()
+    parser.read_config([str(REPO_ROOT / "configs" / f) for f in ("inference.json", config_file)])
+    parser["bundle_root"] = str(REPO_ROOT)
+    weights = Path(parser.get_parsed_content("ckpt_dir")) / "model.pt"
+    if not weights.is_file():
+        raise FileNotFoundError(f"{config_file} preset weights not found: {weights} (or pass --no_fast).")
+    net = parser.get_parsed_content("network_def")
+    net.load_state_dict(torch.load(weights, weights_only=True))
+    return net, parser.get_parsed_content("inferer")
+
+
 def main() -> None:
     args = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     args.add_argument("--num_images", type=int, default=20)
@@ -240,6 +266,7 @@ def main() -> None:
     args.add_argument("--meta_iters", type=int, default=5)
     args.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args.add_argument("--output", type=Path, default=None, help="also write the results as JSON here")
+    args.add_argument("--no_fast", action="store_true", help="leave out the fast preset's row")
     opts = args.parse_args()
     if opts.threads:
         torch.set_num_threads(opts.threads)
@@ -249,13 +276,14 @@ def main() -> None:
     net = parser.get_parsed_content("network_def")
     net.load_state_dict(torch.load(REPO_ROOT / "models" / "model.pt", weights_only=True))
     inferer = parser.get_parsed_content("inferer")
+    fast = None if opts.no_fast else load_preset("fast.json")
     peak = matmul_peak_gflops()
     print(
         f"{images.shape[0]} test slices {tuple(images.shape[2:])}, {torch.get_num_threads()} threads, "
         f"fp32 matmul peak {peak:.1f} GFLOPS"
     )
 
-    rows = bench_fit(net, images, labels, inferer, opts.ref_steps, peak)
+    rows = bench_fit(net, images, labels, inferer, opts.ref_steps, peak, fast)
     print("| method | s/slice | slices/s | mean Dice | PSNR dB | peak RSS MiB (growth) | GFLOPS | of matmul peak |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
@@ -264,12 +292,17 @@ def main() -> None:
             f"{r['psnr']:.2f} | {r['peak_rss_mib']:.0f} ({r['rss_growth_mib']:+.0f}) | {r['gflops']:.1f} | "
             f"{r['fraction_of_matmul_peak']:.0%} |"
         )
-    ref, prod, batched = rows
+    ref, prod, batched = rows[:3]
     print(
         f"reference / product: {ref['s_per_slice'] / prod['s_per_slice']:.1f}x faster per slice "
         f"(batched: {ref['s_per_slice'] / batched['s_per_slice']:.1f}x), "
         f"Dice difference {prod['mean_dice'] - ref['mean_dice']:+.4f}"
     )
+    for row in rows[3:]:
+        print(
+            f"product / fast preset: {prod['s_per_slice'] / row['s_per_slice']:.1f}x faster per slice, "
+            f"Dice difference {row['mean_dice'] - prod['mean_dice']:+.4f}"
+        )
 
     meta = bench_meta_step(net, images, labels, opts.meta_iters)
     print(

@@ -62,6 +62,10 @@ class ModelComparison:
         report_command: the command named in the report as the one that produced it.
         extra_splits: further splits on which both models are evaluated once more (e.g. ``test_shifted``: subjects and
             intensity conventions outside the training distribution), reported beside the main split.
+        presets: further MetaSeg configurations evaluated on the main split and swept over ``fit_steps_list``, each
+            ``{"name", "config_files" (added to metaseg_config_files), "ckpt_dir" (holding model.pt),
+            "command" (trains it), "note" (optional, shown under the table)}``. The report tabulates them beside the
+            default configuration and the baseline and draws their Dice-vs-steps curves in one plot.
     """
 
     def __init__(
@@ -94,6 +98,7 @@ class ModelComparison:
         sweep_images: int | None = None,
         report_command: str = "python -m monai.bundle run compare --config_file configs/compare.json",
         extra_splits: Sequence[str] = (),
+        presets: Sequence[Mapping[str, Any]] = (),
     ) -> None:
         self.bundle_root = bundle_root
         self.metaseg_config_files = list(metaseg_config_files)
@@ -125,6 +130,11 @@ class ModelComparison:
         self.sweep_images = sweep_images
         self.report_command = report_command
         self.extra_splits = list(extra_splits)
+        self.presets = [dict(p) for p in presets]
+        for preset in self.presets:
+            missing = {"name", "config_files", "ckpt_dir", "command"} - set(preset)
+            if missing:
+                raise ValueError(f"preset {preset.get('name', preset)!r} lacks {sorted(missing)}.")
 
     def _evaluate(self, name: str, config_files: list[str], overrides: dict) -> tuple[ConfigWorkflow, dict]:
         logger.info(f"evaluating {name} ...")
@@ -186,6 +196,8 @@ class ModelComparison:
             "python -m monai.bundle run training --config_file configs/train.json (or use the shipped models/model.pt)",
         )
         require_weights(self.baseline_ckpt, self.baseline_name, self.baseline_command)
+        for preset in self.presets:
+            require_weights(self._preset_ckpt(preset), f"MetaSeg preset {preset['name']!r}", preset["command"])
         os.makedirs(self.report_dir, exist_ok=True)
         os.makedirs(self.output_dir, exist_ok=True)
 
@@ -215,6 +227,7 @@ class ModelComparison:
         sweep_items = items[: self.sweep_images] if self.sweep_images else items
         logger.info(f"fit-steps sweep over {len(sweep_items)} images: {self.fit_steps_list}")
         sweep = fit_steps_sweep(inferer, metaseg, sweep_items, device, self.fit_steps_list)
+        presets = [self._preset_result(preset, sweep_items) for preset in self.presets]
 
         overlays = overlay_figure(
             self._overlay_cases(inferer, metaseg, baseline, items[: self.num_overlay_images], device),
@@ -224,7 +237,13 @@ class ModelComparison:
             self.transpose,
         )
         eval_point = (metaseg_summary.get("fit_steps"), metaseg_summary["metrics"]["mean_dice"])
-        plot = fit_steps_figure(sweep, self.baseline_name, baseline_summary["metrics"]["mean_dice"], eval_point)
+        plot = fit_steps_figure(
+            sweep,
+            self.baseline_name,
+            baseline_summary["metrics"]["mean_dice"],
+            eval_point,
+            {p["name"]: p["fit_steps_sweep"] for p in presets},
+        )
         pca = pca_figure(
             self._pca_cases(inferer, metaseg, items[: self.num_pca_images], device), num_classes, self.transpose
         )
@@ -249,6 +268,7 @@ class ModelComparison:
             "extra_splits": splits,
             "fit_steps_sweep": sweep,
             "fit_steps_sweep_images": len(sweep_items),
+            "presets": presets,
             "image_shape": list(items[0]["image"].shape[1:]) if items else [],
             "pictures": {k: os.path.relpath(v, self.report_dir) for k, v in files.items()},
             "data": {
@@ -264,6 +284,31 @@ class ModelComparison:
             f.write(render(result))
         logger.info(f"report written: {report}")
         return result
+
+    @staticmethod
+    def _preset_ckpt(preset: Mapping[str, Any]) -> str:
+        return os.path.join(str(preset["ckpt_dir"]), "model.pt")
+
+    def _preset_result(self, preset: Mapping[str, Any], sweep_items: list[dict]) -> dict:
+        """A preset's evaluation on the main split, its weights record and its fit-steps sweep."""
+        name = str(preset["name"])
+        workflow, summary = self._evaluate(
+            f"preset_{name}",
+            self.metaseg_config_files + list(preset["config_files"]),
+            {"ckpt_dir": str(preset["ckpt_dir"])},
+        )
+        parser = workflow.parser
+        device = parser.get_parsed_content("device")
+        network, inferer = parser.get_parsed_content("network"), parser.get_parsed_content("inferer")
+        ckpt = self._preset_ckpt(preset)
+        return {
+            "name": name,
+            "config_files": [self._show_path(str(f)) for f in preset["config_files"]],
+            "note": preset.get("note"),
+            **summary,
+            **self._weights_record(ckpt, None, os.path.splitext(ckpt)[0] + "_train_time.json"),
+            "fit_steps_sweep": fit_steps_sweep(inferer, network, sweep_items, device, self.fit_steps_list),
+        }
 
     def _weights_record(self, ckpt: str, train_seconds: float | None, train_time_file: str) -> dict:
         seconds, source = read_train_time(train_seconds, train_time_file)

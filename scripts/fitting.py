@@ -112,6 +112,7 @@ def adam_fit(
     betas: tuple[float, float] = (0.9, 0.999),
     eps: float = 1e-8,
     create_graph: bool = False,
+    on_step: Callable[[int, dict[str, torch.Tensor]], None] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Run ``steps`` Adam steps on ``loss_fn(params)`` w.r.t. the ``trainable`` entries; return the updated params.
 
@@ -122,16 +123,22 @@ def adam_fit(
     equals Adam's ``sqrt(v_hat) + eps`` to within ``eps`` and keeps second derivatives finite where a gradient is 0.
     ``lr`` is one learning rate, or one per trainable name (tensors broadcasting against that parameter, which may be
     learned: the result is differentiable w.r.t. them when ``create_graph=True``; otherwise they are used detached).
+    ``on_step(t, params)`` is called with the parameters before the first step (``t = 0``) and after every step, e.g.
+    to keep snapshots of one fit at several step counts; the test-time fit updates the tensors in place afterwards,
+    so a snapshot must copy them.
     """
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}.")
+    if on_step is None:
+        on_step = _no_snapshot
     if not create_graph:
-        return _adam_fit_detached(loss_fn, params, trainable, steps, lr, betas, eps)
+        return _adam_fit_detached(loss_fn, params, trainable, steps, lr, betas, eps, on_step)
     params = dict(params)
     names = list(trainable)
     m = {k: torch.zeros_like(params[k]) for k in names}
     v = {k: torch.zeros_like(params[k]) for k in names}
     beta1, beta2 = betas
+    on_step(0, params)
     for t in range(1, steps + 1):
         loss = loss_fn(params)
         grads = torch.autograd.grad(loss, [params[k] for k in names], create_graph=True)
@@ -142,7 +149,12 @@ def adam_fit(
             v_hat = v[k] / (1.0 - beta2**t)
             step_lr = lr[k] if isinstance(lr, Mapping) else lr
             params[k] = params[k] - step_lr * m_hat / torch.sqrt(v_hat + eps * eps)
+        on_step(t, params)
     return params
+
+
+def _no_snapshot(step: int, params: dict[str, torch.Tensor]) -> None:
+    """The default ``on_step`` of :func:`adam_fit`: nothing."""
 
 
 def _adam_fit_detached(
@@ -153,6 +165,7 @@ def _adam_fit_detached(
     lr: float | Mapping[str, torch.Tensor],
     betas: tuple[float, float],
     eps: float,
+    on_step: Callable[[int, dict[str, torch.Tensor]], None],
 ) -> dict[str, torch.Tensor]:
     """:func:`adam_fit` without a graph through the updates (the test-time fit): the same update, computed with
     multi-tensor (``torch._foreach_*``) operations in place on fresh copies of the trainable tensors, which saves
@@ -167,6 +180,7 @@ def _adam_fit_detached(
         v = [torch.zeros_like(p) for p in leaves]
         lrs = [lr[k].detach() for k in names] if isinstance(lr, Mapping) else None
     beta1, beta2 = betas
+    on_step(0, params)
     for t in range(1, steps + 1):
         grads = torch.autograd.grad(loss_fn(params), leaves)
         with torch.no_grad():
@@ -183,4 +197,5 @@ def _adam_fit_detached(
             else:
                 torch._foreach_mul_(step, lrs)
                 torch._foreach_add_(leaves, step, alpha=-1.0 / (1.0 - beta1**t))
+        on_step(t, params)
     return params

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -105,6 +106,36 @@ class MetaSegInferer(Inferer):
 
     def fit(self, inputs: torch.Tensor, network: torch.nn.Module) -> FitResult:
         """Fit the trunk to ``inputs`` ``[B, 1, *spatial]`` from the network's stored weights (no labels used)."""
+        return self._fit(inputs, network, self.fit_steps)
+
+    def fit_snapshots(
+        self, inputs: torch.Tensor, network: torch.nn.Module, steps: Sequence[int]
+    ) -> list[tuple[int, float, FitResult]]:
+        """One fit of ``max(steps)`` steps, kept after each of ``steps``: ``(step, seconds since the start, fit)``.
+
+        Each snapshot equals :meth:`fit` with ``fit_steps`` set to its step count (the same pixel subsets, drawn
+        from the same seed, and the same Adam state), at the cost of the longest fit alone.
+        """
+        wanted = {int(s) for s in steps}
+        if not wanted or min(wanted) < 0:
+            raise ValueError(f"steps must be non-negative integers, got {list(steps)}.")
+        kept: list[tuple[int, float, dict[str, torch.Tensor]]] = []
+        start = time.perf_counter()
+
+        def keep(step: int, params: dict[str, torch.Tensor]) -> None:
+            if step in wanted:
+                kept.append((step, time.perf_counter() - start, {k: v.detach().clone() for k, v in params.items()}))
+
+        fit = self._fit(inputs, network, max(wanted), keep)
+        return [(step, seconds, FitResult(params, fit.coords, fit.spatial_shape)) for step, seconds, params in kept]
+
+    def _fit(
+        self,
+        inputs: torch.Tensor,
+        network: torch.nn.Module,
+        steps: int,
+        on_step: Callable[[int, dict[str, torch.Tensor]], None] | None = None,
+    ) -> FitResult:
         net = self._unwrap(network)
         if inputs.dim() != net.spatial_dims + 2:
             raise ValueError(
@@ -115,16 +146,23 @@ class MetaSegInferer(Inferer):
             raise ValueError(f"expected {net.out_channels} image channel(s), got {inputs.shape[1]}.")
         target = flatten_image(convert_to_tensor(inputs, track_meta=False).float())
         coords = batch_coordinate_grid(inputs)
-        if target.shape[0] > 1 and target.device.type == "cpu":
+        if target.shape[0] > 1 and target.device.type == "cpu" and on_step is None:
             # a CPU fits a batch fastest one image after another: plain matmuls, no per-step concatenation (measured:
             # docs/benchmarks.md). Every image's pixel subsets come from the same seed, as in a batched fit.
-            fits = [self._fit_batch(coords[i : i + 1], target[i : i + 1], net) for i in range(target.shape[0])]
+            fits = [self._fit_batch(coords[i : i + 1], target[i : i + 1], net, steps) for i in range(target.shape[0])]
             params = {k: torch.cat([f[k] for f in fits]) for k in fits[0]}
         else:
-            params = self._fit_batch(coords, target, net)
+            params = self._fit_batch(coords, target, net, steps, on_step)
         return FitResult(params=params, coords=coords, spatial_shape=tuple(int(s) for s in inputs.shape[2:]))
 
-    def _fit_batch(self, coords: torch.Tensor, target: torch.Tensor, net: MetaSegINR) -> dict[str, torch.Tensor]:
+    def _fit_batch(
+        self,
+        coords: torch.Tensor,
+        target: torch.Tensor,
+        net: MetaSegINR,
+        steps: int,
+        on_step: Callable[[int, dict[str, torch.Tensor]], None] | None = None,
+    ) -> dict[str, torch.Tensor]:
         """Per-image parameters (leading dim B) fitted to the intensities ``target`` ``[B, N, C]`` at ``coords``.
 
         The batch is fitted at once: one loss over all images, per-image weights (batched matmuls on a GPU; on a CPU
@@ -146,7 +184,7 @@ class MetaSegInferer(Inferer):
 
             lr = net.fit_lr(self.fit_lr)  # learned factors are detached by adam_fit: no graph without create_graph
             with self._fit_precision(target.device):
-                params = adam_fit(reconstruction_loss, params, trunk, self.fit_steps, lr, self.betas)
+                params = adam_fit(reconstruction_loss, params, trunk, steps, lr, self.betas, on_step=on_step)
         return {k: v.detach() for k, v in params.items()}
 
     @contextlib.contextmanager

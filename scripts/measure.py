@@ -5,7 +5,6 @@ Each function measures one thing and returns plain numbers; :mod:`scripts.report
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import os
@@ -97,29 +96,32 @@ def fit_steps_sweep(
     """Mean foreground Dice, reconstruction PSNR and seconds per image of fit-then-decode for each number of steps.
 
     ``inferer`` keeps all its settings but ``fit_steps``; ``items`` are preprocessed ``{"image", "label"}`` dicts.
+    Each image is fitted once, for the largest number of steps, and decoded at every listed step
+    (:meth:`MetaSegInferer.fit_snapshots`: the same results as separate fits). The seconds of ``n`` steps are
+    those of a fit of ``n`` steps and one decoding.
     """
-    rows = []
+    steps_list = sorted({int(n) for n in steps_list})
     num_classes = int(getattr(network, "num_classes", 5))
-    for steps in steps_list:
-        sweep_inferer = copy.copy(inferer)
-        sweep_inferer.fit_steps = steps
-        dice = DiceMetric(include_background=False)
-        psnr = PSNRMetric(max_val=1.0)
-        seconds = 0.0
-        for item in items:
-            image = item["image"][None].to(device)
-            label = item["label"][None].to(device)
+    dice = {n: DiceMetric(include_background=False) for n in steps_list}
+    psnr = {n: PSNRMetric(max_val=1.0) for n in steps_list}
+    seconds = dict.fromkeys(steps_list, 0.0)
+    for item in items:
+        image = item["image"][None].to(device)
+        label = _one_hot(item["label"][None].to(device), num_classes)
+        for steps, fit_seconds, fit in inferer.fit_snapshots(image, network, steps_list):
             start = time.perf_counter()
-            logits, recon = sweep_inferer.decode(sweep_inferer.fit(image, network), network)
-            seconds += time.perf_counter() - start
-            dice(_one_hot(logits.argmax(1, keepdim=True), num_classes), _one_hot(label, num_classes))
-            psnr(recon.as_tensor() if hasattr(recon, "as_tensor") else recon, image.as_tensor())
+            logits, recon = inferer.decode(fit, network)
+            seconds[steps] += fit_seconds + time.perf_counter() - start
+            dice[steps](_one_hot(logits.argmax(1, keepdim=True), num_classes), label)
+            psnr[steps](recon.as_tensor() if hasattr(recon, "as_tensor") else recon, image.as_tensor())
+    rows = []
+    for steps in steps_list:
         rows.append(
             {
                 "fit_steps": steps,
-                "mean_dice": float(dice.aggregate().item()),
-                "psnr": float(psnr.aggregate().item()),
-                "seconds_per_image": seconds / max(len(items), 1),
+                "mean_dice": float(dice[steps].aggregate().item()),
+                "psnr": float(psnr[steps].aggregate().item()),
+                "seconds_per_image": seconds[steps] / max(len(items), 1),
             }
         )
         logger.info(f"fit steps {steps}: mean Dice {rows[-1]['mean_dice']:.4f}, PSNR {rows[-1]['psnr']:.2f} dB")

@@ -6,7 +6,8 @@ saved ``comparison.json`` renders again with ``render(json.load(f))``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -82,22 +83,36 @@ def pca_figure(cases: Sequence[dict], num_classes: int, transpose: bool = True) 
     return image_grid(rows, columns, [c["title"] for c in cases])
 
 
+PRESET_COLOURS = [(255, 127, 14), (148, 103, 189), (140, 86, 75), (227, 119, 194), (127, 127, 127)]
+
+
 def fit_steps_figure(
-    sweep: Sequence[dict], baseline_name: str, baseline_dice: float, eval_point: tuple[int, float] | None
+    sweep: Sequence[dict],
+    baseline_name: str,
+    baseline_dice: float,
+    eval_point: tuple[int, float] | None,
+    presets: Mapping[str, Sequence[dict]] | None = None,
 ) -> Any:
-    """MetaSeg's Dice and PSNR against the fit steps of ``sweep``, the baseline's Dice as a dashed line."""
-    steps = [r["fit_steps"] for r in sweep]
+    """MetaSeg's Dice and PSNR against the fit steps of ``sweep`` (and of each preset's sweep), the baseline's Dice as
+    a dashed line."""
+    presets = dict(presets or {})
+    steps = sorted({r["fit_steps"] for rows in [sweep, *presets.values()] for r in rows})
     positive = [s for s in steps if s > 0]
     log_x = bool(positive) and len(positive) == len(steps)
+    curves = [("MetaSeg" if not presets else "MetaSeg default", sweep, (31, 119, 180))]
+    curves += [(f"MetaSeg {name}", rows, c) for (name, rows), c in zip(presets.items(), PRESET_COLOURS * 2)]
     dice_series = [
-        {"label": "MetaSeg", "x": steps, "y": [r["mean_dice"] for r in sweep], "colour": (31, 119, 180)},
+        {"label": label, "x": [r["fit_steps"] for r in rows], "y": [r["mean_dice"] for r in rows], "colour": colour}
+        for label, rows, colour in curves
+    ]
+    dice_series.append(
         {
             "label": f"{baseline_name} ({baseline_dice:.3f})",
             "hline": baseline_dice,
             "colour": (214, 39, 40),
             "dashed": True,
-        },
-    ]
+        }
+    )
     ticks = list(steps)
     if eval_point is not None and eval_point[0] is not None and (not log_x or eval_point[0] > 0):
         ticks = sorted(set(ticks) | {eval_point[0]})
@@ -119,7 +134,10 @@ def fit_steps_figure(
         x_ticks=ticks,
     )
     right = line_plot(
-        [{"label": "MetaSeg", "x": steps, "y": [r["psnr"] for r in sweep], "colour": (31, 119, 180)}],
+        [
+            {"label": label, "x": [r["fit_steps"] for r in rows], "y": [r["psnr"] for r in rows], "colour": colour}
+            for label, rows, colour in curves
+        ],
         title="reconstruction PSNR vs test-time fit steps",
         xlabel=xlabel,
         ylabel="PSNR (dB)",
@@ -273,6 +291,51 @@ def _pictures(r: dict, unit: str) -> list[str]:
     ]
 
 
+def _presets(r: dict, unit: str) -> list[str]:
+    """MetaSeg's configurations side by side with the baseline: size, Dice against fit steps, speed, training."""
+    if not r.get("presets"):
+        return []
+    steps = [row["fit_steps"] for row in r["fit_steps_sweep"]]
+    name = r["baseline_name"]
+    rows = [{"name": "default", "config_files": [], **r["metaseg"], "fit_steps_sweep": r["fit_steps_sweep"]}]
+    rows += r["presets"]
+    lines = [
+        "## Presets",
+        "",
+        f"MetaSeg's configurations on the split `{r['data']['split']}`: mean foreground Dice after each number of "
+        f"test-time fit steps ({r['fit_steps_sweep_images']} images), then `run evaluating` with the preset's own "
+        f"fit steps ({r['num_images']} images; also as mean Dice including background, the kind of Dice the paper "
+        f"reports), seconds per {unit} at those steps and training time on the machine named in the preset's "
+        "training-time record.",
+        "",
+        "| preset | configs | parameters | "
+        + " | ".join(f"{n} steps" for n in steps)
+        + " | own steps: Dice (with background) | seconds per "
+        + unit
+        + " | training |",
+        "|---|---|---|" + "---|" * len(steps) + "---|---|---|",
+    ]
+    for p in rows:
+        dice = {row["fit_steps"]: row["mean_dice"] for row in p["fit_steps_sweep"]}
+        files = ", ".join(f"`{os.path.basename(f)}`" for f in p["config_files"]) or "-"
+        lines.append(
+            f"| {p['name']} | {files} | {p['num_parameters']:,} | "
+            + " | ".join(f"{dice[n]:.3f}" if n in dice else "-" for n in steps)
+            + f" | {p['fit_steps']}: **{p['metrics']['mean_dice']:.3f}** "
+            f"({p['metrics']['mean_dice_with_background']:.3f}) | {p['seconds_per_image']:.3f} | "
+            f"{_fmt_seconds(p['train_seconds'])} |"
+        )
+    base = r["baseline"]
+    lines.append(
+        f"| {name} | - | {base['num_parameters']:,} | "
+        + " | ".join("-" for _ in steps)
+        + f" | **{base['metrics']['mean_dice']:.3f}** ({base['metrics']['mean_dice_with_background']:.3f}) | "
+        f"{base['seconds_per_image']:.3f} | {_fmt_seconds(base['train_seconds'])} |"
+    )
+    notes = [f"- {p['name']}: {p['note']}" for p in r["presets"] if p.get("note")]
+    return lines + ([""] + notes if notes else []) + [""]
+
+
 def render(r: dict) -> str:
     """The Markdown report of a comparison result (the content of ``comparison.json``)."""
     unit = "volume" if len(r["image_shape"]) == 3 else "slice"
@@ -293,6 +356,7 @@ def render(r: dict) -> str:
         "",
         *_cost(r, unit),
         "",
+        *_presets(r, unit),
         *_pictures(r, unit),
         "",
         "## System",

@@ -110,13 +110,32 @@ def test_batched_fit_equals_single_fits(fit_points):
     images = torch.rand(3, 1, 8, 8)
     inferer = MetaSegInferer(fit_steps=5, fit_lr=1e-2, fit_points=fit_points)
     batched, _ = inferer.fit_decode(images, net)
-    vectorized = inferer._fit_batch(batch_coordinate_grid(images), flatten_image(images), net)
+    vectorized = inferer._fit_batch(batch_coordinate_grid(images), flatten_image(images), net, inferer.fit_steps)
     for i in range(3):
         single, _ = inferer.fit_decode(images[i : i + 1], net)
         torch.testing.assert_close(batched[i : i + 1], single, rtol=1e-4, atol=1e-5)
         fit = inferer.fit(images[i : i + 1], net)
         for k, v in fit.params.items():
             torch.testing.assert_close(vectorized[k][i : i + 1], v, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("fit_points", [None, 20])
+def test_fit_snapshots_equal_separate_fits(fit_points):
+    """One fit kept at several step counts gives exactly the fits of those lengths (the fit-steps sweep's shortcut)."""
+    net = _tiny_net()
+    image = torch.rand(1, 1, 8, 8)
+    inferer = MetaSegInferer(fit_steps=1, fit_lr=1e-2, fit_points=fit_points)
+    snapshots = inferer.fit_snapshots(image, net, [7, 0, 3, 3])
+    assert [s for s, _, _ in snapshots] == [0, 3, 7]
+    assert snapshots[0][1] <= snapshots[1][1] <= snapshots[2][1]
+    for steps, _, fit in snapshots:
+        inferer.fit_steps = steps
+        alone = inferer.fit(image, net)
+        for k, v in alone.params.items():
+            assert torch.equal(fit.params[k], v), (steps, k)
+    assert not torch.equal(snapshots[1][2].params["trunk.0.weight"], snapshots[2][2].params["trunk.0.weight"])
+    with pytest.raises(ValueError, match="non-negative"):
+        inferer.fit_snapshots(image, net, [-1, 2])
 
 
 def test_subsampled_fit_is_reproducible_and_fits():

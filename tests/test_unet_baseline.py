@@ -93,6 +93,9 @@ def compared(unet_trained, tiny_dataset, tmp_path_factory) -> tuple[Path, Path, 
     (tmp / "tiny_metaseg.json").write_text(json.dumps({**tiny_metaseg, "fit_steps": 2}))
     tiny_unet = tmp / "tiny_unet.json"
     tiny_unet.write_text(json.dumps({"network_def#features": TINY_FEATURES}))
+    (tmp / "one_step.json").write_text(json.dumps({"fit_steps": 1}))
+    preset = {"name": "one_step", "config_files": [str(tmp / "one_step.json")], "ckpt_dir": str(tmp / "models")}
+    preset.update(command="train it", note="the tiny network, fitted for one step")
     report, out = tmp / "report", tmp / "out"
     proc = run_bundle(
         *COMPARE, "--dataset_dir", str(dataset_dir), "--splits_file", str(splits),
@@ -101,6 +104,7 @@ def compared(unet_trained, tiny_dataset, tmp_path_factory) -> tuple[Path, Path, 
         "--baseline_config_files", EVAL_UNET[:-1] + f",'{tiny_unet}']",
         "--report_dir", str(report), "--output_dir", str(out), "--fit_steps_list", "[1, 2]",
         "--num_overlay_images", "2", "--num_pca_images", "1", "--metaseg_train_seconds", "1812",
+        "--presets", json.dumps([preset]),
     )  # fmt: skip
     return report, out, proc.stdout + proc.stderr
 
@@ -136,6 +140,44 @@ def test_compare_writes_the_report_and_its_pictures(compared, unet_trained):
     assert (out / "metaseg" / "metrics_summary.json").is_file()
     assert (out / "baseline" / "metrics_summary.json").is_file()
     assert render(result) == text  # the report is a pure function of the saved measurements
+
+
+def test_compare_tabulates_presets_beside_the_default(compared):
+    """A preset (here: one fit step) is evaluated by its own configs, swept, tabulated and drawn with the default."""
+    report, out, _ = compared
+    text = (report / "results.md").read_text()
+    result = json.loads((out / "comparison.json").read_text())
+    (preset,) = result["presets"]
+    assert preset["name"] == "one_step" and preset["fit_steps"] == 1 and preset["config_files"][0].endswith(".json")
+    # its evaluation and its sweep at its own step count are the same fits
+    sweep = {row["fit_steps"]: row for row in preset["fit_steps_sweep"]}
+    assert sweep[1]["mean_dice"] == pytest.approx(preset["metrics"]["mean_dice"])
+    # same weights, so its sweep is the default's: one fit per image kept at each step count equals separate fits
+    assert preset["fit_steps_sweep"] == [
+        {**row, "seconds_per_image": sweep[row["fit_steps"]]["seconds_per_image"]} for row in result["fit_steps_sweep"]
+    ]
+    assert "## Presets" in text and "- one_step: the tiny network, fitted for one step" in text
+    assert "| preset | configs | parameters | 1 steps | 2 steps |" in text
+    row = next(line for line in text.splitlines() if line.startswith("| one_step |"))
+    assert f"| 1: **{preset['metrics']['mean_dice']:.3f}** (" in row and "`one_step.json`" in row
+    assert next(line for line in text.splitlines() if line.startswith("| default | - |"))
+    assert next(line for line in text.splitlines() if line.startswith("| U-Net | - |"))
+
+
+def test_compare_without_preset_weights_names_them_before_any_work(unet_trained, tiny_dataset, tmp_path):
+    work, _ = unet_trained
+    dataset_dir, splits = tiny_dataset
+    save_tiny_metaseg(tmp_path / "models")
+    preset = {"name": "gone", "config_files": [], "ckpt_dir": str(tmp_path / "gone"), "command": "train the gone one"}
+    proc = run_bundle(
+        *COMPARE, "--dataset_dir", str(dataset_dir), "--splits_file", str(splits),
+        "--metaseg_ckpt_dir", str(tmp_path / "models"), "--baseline_ckpt_dir", str(work / "models"),
+        "--report_dir", str(tmp_path / "report"), "--output_dir", str(tmp_path / "out"),
+        "--presets", json.dumps([preset]), check=False,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    assert f"MetaSeg preset 'gone' weights not found: {tmp_path / 'gone' / 'model.pt'}" in proc.stderr
+    assert "train the gone one" in proc.stderr and not (tmp_path / "out").exists()
 
 
 def test_compare_without_unet_weights_names_the_file_and_the_command(tiny_dataset, tmp_path):
