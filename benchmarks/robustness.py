@@ -36,6 +36,11 @@ pixels in every row. ``drop`` is the clean Dice minus the perturbed Dice.
 
     python -m benchmarks.robustness --output eval/robustness.json
 
+``--preset FILE`` adds a MetaSeg preset's config file (``fast.json``, ``paper.json``) to MetaSeg's stack, its weights
+read from that preset's ``ckpt_dir`` (``--ckpt_dir`` still overrides both models' folder)::
+
+    python -m benchmarks.robustness --models metaseg --preset fast.json
+
 ``--set KEY=VALUE`` (repeatable) overrides a config id (value parsed as JSON, else kept as a string) in each selected
 model's config that defines that id, e.g. ``--set fit_steps=20`` (MetaSeg only) or ``--set device=cpu`` (both).
 """
@@ -169,11 +174,13 @@ def parse_sets(items: list[str]) -> dict[str, Any]:
 def build_parser(model: str, args: argparse.Namespace, sets: dict[str, Any], output_dir: str) -> ConfigParser:
     """The model's evaluation config with the benchmark's overrides (no perturbation yet)."""
     parser = ConfigParser()
-    parser.read_config([str(REPO_ROOT / "configs" / f) for f in MODELS[model]["config_files"]])
+    files = MODELS[model]["config_files"] + (args.preset if model == "metaseg" else [])
+    parser.read_config([str(REPO_ROOT / "configs" / f) for f in files])
     parser["bundle_root"] = str(REPO_ROOT)
     parser["output_dir"] = output_dir
     parser["check_overrides"] = False
-    parser["ckpt_dir"] = str(Path(args.ckpt_dir).absolute())
+    if args.ckpt_dir is not None:
+        parser["ckpt_dir"] = str(Path(args.ckpt_dir).absolute())
     if args.dataset_dir is not None:
         parser["dataset_dir"] = str(Path(args.dataset_dir).absolute())
     if args.splits_file is not None:
@@ -290,7 +297,16 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--output", default=None, help="JSON file for the results (optional)")
     ap.add_argument("--dataset_dir", default=None, help="dataset folder (default: the configs' demo data)")
     ap.add_argument("--splits_file", default=None, help="splits JSON (default: as the configs derive it)")
-    ap.add_argument("--ckpt_dir", default=str(REPO_ROOT / "models"), help="folder of model.pt and unet.pt")
+    ap.add_argument(
+        "--ckpt_dir", default=None, help="folder of model.pt and unet.pt (default: the configs' own, models/)"
+    )
+    ap.add_argument(
+        "--preset",
+        nargs="+",
+        default=[],
+        metavar="FILE",
+        help="MetaSeg preset config file(s) in configs/ added to MetaSeg's configs, e.g. fast.json",
+    )
     ap.add_argument(
         "--set",
         dest="sets",
@@ -354,6 +370,7 @@ def main(argv: list[str] | None = None) -> dict:
         "bias_field_max_min": field["bias_field_max_min"],
         "brain_p75_first_image": field["brain_p75"],
         "sets": sets,
+        "presets": args.preset,
         "num_images": args.num_images,
         "split": args.split,
         "seconds": time.perf_counter() - start,

@@ -60,11 +60,13 @@ def run_script(cwd: Path, *args: str) -> subprocess.CompletedProcess:
     )
 
 
+TINY_METASEG = [f"--set={k.lstrip('-')}={v}" for k, v in zip(TINY_NET[::2], TINY_NET[1::2])]
+
+
 def tiny_args(dataset_dir: Path, splits_file: Path, ckpt_dir: Path) -> list[str]:
-    tiny_metaseg = [f"--set={k.lstrip('-')}={v}" for k, v in zip(TINY_NET[::2], TINY_NET[1::2])]
     return [
         *data_args(dataset_dir, splits_file, ckpt_dir)[: -len(TINY_NET)],  # the data, without the bundle's --id form
-        *tiny_metaseg,
+        *TINY_METASEG,
         "--set",
         f"network_def#features={json.dumps(TINY_UNET_FEATURES)}",
         "--set",
@@ -112,3 +114,34 @@ def test_robustness_benchmark_rejects_unknown_override(tiny_setup, tmp_path):
     proc = run_script(tmp_path, *args, "--set", "fit_steps=2", "--set", "fit_stepz=2")
     assert proc.returncode == 2 and "['fit_stepz']" in proc.stderr, proc.stderr[-3000:]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_robustness_benchmark_runs_a_preset_with_its_own_weights(tiny_setup, tmp_path):
+    """``--preset FILE`` adds a MetaSeg config file; the weights come from that file's ``ckpt_dir``."""
+    dataset_dir, splits_file, ckpt_dir = tiny_setup
+    preset = tmp_path / "one_step.json"
+    preset.write_text(json.dumps({"ckpt_dir": str(ckpt_dir), "fit_steps": 1}))
+    args = ["--dataset_dir", str(dataset_dir), "--splits_file", str(splits_file), *TINY_METASEG]
+    output = tmp_path / "robustness.json"
+    proc = run_script(
+        tmp_path,
+        *args,
+        "--models",
+        "metaseg",
+        "--preset",
+        str(preset),
+        "--rows",
+        "offset +0.1",
+        "--output",
+        str(output),
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    result = json.loads(output.read_text())
+    assert result["presets"] == [str(preset)] and [r["perturbation"] for r in result["rows"]] == [
+        "clean",
+        "offset +0.1",
+    ]
+    missing = tmp_path / "gone.json"
+    missing.write_text(json.dumps({"ckpt_dir": str(tmp_path / "gone")}))
+    proc = run_script(tmp_path, *args, "--models", "metaseg", "--preset", str(missing))
+    assert proc.returncode != 0 and str(tmp_path / "gone" / "model.pt") in proc.stderr
