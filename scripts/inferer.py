@@ -38,6 +38,7 @@ class FitResult:
     params: dict[str, torch.Tensor]  # per-image parameters, leading dim B (trunk fitted, head as stored)
     coords: torch.Tensor  # [N, D]
     spatial_shape: tuple[int, ...]
+    decode_mask: torch.Tensor | None = None  # [B, N] bool: the pixels to classify (skip_background), None: all
 
 
 class MetaSegInferer(Inferer):
@@ -64,6 +65,12 @@ class MetaSegInferer(Inferer):
             returning float32; ``torch.backends.mkldnn`` ``fp32_precision="bf16"``, set for the fit only). Pays on CPUs
             with bfloat16 units (AMX, AVX512-BF16). The setting is process-wide while the fit runs, so other threads'
             CPU matmuls in that time are rounded too.
+        skip_background: classify only the pixels whose input intensity is not exactly 0 when a neighbourhood head
+            decodes the fitted grid (the default and fast presets); the others (zero padding, and the background
+            that the intensity normalization sets to 0) are labelled background without running the head (logits
+            0 for class 0 and -30 for the others). The head is most of the decoding cost, and these pixels carry
+            no foreground label in the demo data (measured: docs/experiments.md). Point-wise heads and finer grids
+            classify every pixel.
         output_scale: ``__call__`` decodes on a grid this many times finer than the input in every spatial dim
             (positive integer; see :mod:`scripts.resolution`), with the fine affine when the input is a
             ``MetaTensor``. :meth:`fit_decode` (evaluation against labels) always decodes on the input's grid.
@@ -80,6 +87,7 @@ class MetaSegInferer(Inferer):
         head_bf16: bool = True,
         fit_bf16: bool = True,
         output_scale: int = 1,
+        skip_background: bool = False,
     ) -> None:
         super().__init__()
         if fit_steps < 0:
@@ -95,6 +103,7 @@ class MetaSegInferer(Inferer):
         self.head_bf16 = bool(head_bf16)
         self.fit_bf16 = bool(fit_bf16)
         self.output_scale = check_scale(output_scale)
+        self.skip_background = bool(skip_background)
 
     @staticmethod
     def _unwrap(network: torch.nn.Module) -> MetaSegINR:
@@ -127,7 +136,10 @@ class MetaSegInferer(Inferer):
                 kept.append((step, time.perf_counter() - start, {k: v.detach().clone() for k, v in params.items()}))
 
         fit = self._fit(inputs, network, max(wanted), keep)
-        return [(step, seconds, FitResult(params, fit.coords, fit.spatial_shape)) for step, seconds, params in kept]
+        return [
+            (step, seconds, FitResult(params, fit.coords, fit.spatial_shape, fit.decode_mask))
+            for step, seconds, params in kept
+        ]
 
     def _fit(
         self,
@@ -153,7 +165,8 @@ class MetaSegInferer(Inferer):
             params = {k: torch.cat([f[k] for f in fits]) for k in fits[0]}
         else:
             params = self._fit_batch(coords, target, net, steps, on_step)
-        return FitResult(params=params, coords=coords, spatial_shape=tuple(int(s) for s in inputs.shape[2:]))
+        mask = target[..., 0] != 0 if self.skip_background else None
+        return FitResult(params, coords, tuple(int(s) for s in inputs.shape[2:]), mask)
 
     def _fit_batch(
         self,
@@ -225,14 +238,23 @@ class MetaSegInferer(Inferer):
         if self.head_bf16:
             # the head's autocast would round the gathered copy to bf16: rounding first gathers half the bytes
             features = features.to(torch.bfloat16)
-        index = grid_neighbour_index(fit.spatial_shape, net.context_pixels.to(features.device))  # [N, K]
+        points = None if fit.decode_mask is None else fit.decode_mask.any(0).nonzero()[:, 0]  # any image of the batch
+        index = grid_neighbour_index(fit.spatial_shape, net.context_pixels.to(features.device), points)  # [n, K]
         # a head-input chunk [B, n, K * hidden] holds as many values as a chunk of `chunk` trunk features
         rows = max(1, chunk // (features.shape[0] * index.shape[1]))
         logits = []
         for idx in index.split(rows, dim=0):
             logits.append(self._head_logits(net, gather_neighbours(features, idx), fit.params))
+        logits = torch.cat(logits, dim=1) if logits else features.new_zeros(features.shape[0], 0, net.num_classes)
+        if points is not None:
+            background = torch.full((net.num_classes,), -30.0, device=logits.device)
+            background[0] = 0.0
+            full = background.expand(*features.shape[:2], -1).clone()
+            full[:, points] = logits.float()
+            # per image: a pixel that is 0 in this image is background even where another image of the batch is not
+            logits = torch.where(fit.decode_mask.unsqueeze(-1), full, background)
         shape = fit.spatial_shape
-        return unflatten_points(torch.cat(logits, dim=1), shape), unflatten_points(torch.cat(intensity, dim=1), shape)
+        return unflatten_points(logits, shape), unflatten_points(torch.cat(intensity, dim=1), shape)
 
     @torch.no_grad()
     def decode_on_grid(

@@ -138,6 +138,28 @@ def test_fit_snapshots_equal_separate_fits(fit_points):
         inferer.fit_snapshots(image, net, [-1, 2])
 
 
+def test_skip_background_classifies_only_nonzero_pixels():
+    """``skip_background``: zero pixels are background without the head; every other logit is unchanged, and a batch
+    gives every image what it gets alone (the head runs on the union of the batch's pixels)."""
+    torch.manual_seed(0)
+    net = MetaSegINR(
+        hidden_channels=8, num_sine_layers=2, head_channels=8, num_classes=3, omega0=5.0,
+        context_radius=1, context_step=2, context_grid=(8, 10),
+    )  # fmt: skip
+    images = torch.rand(2, 1, 8, 10)
+    images[0, :, :3] = 0.0
+    images[1, :, :, :4] = 0.0
+    full, recon = MetaSegInferer(fit_steps=3, fit_lr=1e-2).fit_decode(images, net)
+    skip = MetaSegInferer(fit_steps=3, fit_lr=1e-2, skip_background=True)
+    skipped, recon_skip = skip.fit_decode(images, net)
+    zero = images[:, 0] == 0
+    assert torch.equal(recon_skip, recon)
+    torch.testing.assert_close(skipped.movedim(1, -1)[~zero], full.movedim(1, -1)[~zero], rtol=1e-5, atol=1e-5)
+    assert (skipped.argmax(1)[zero] == 0).all() and (skipped[:, 1:].movedim(1, -1)[zero] == -30).all()
+    for i in range(2):
+        torch.testing.assert_close(skip.fit_decode(images[i : i + 1], net)[0], skipped[i : i + 1])
+
+
 def test_subsampled_fit_is_reproducible_and_fits():
     """``fit_points``: each step sees a random subset of pixels, drawn from a seeded generator (same result twice)."""
     net = _tiny_net()

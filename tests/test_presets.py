@@ -83,6 +83,10 @@ def test_fast_preset_fits_five_steps_from_the_default_initialization():
     inference = _parser(["configs/inference.json", "configs/fast.json"])
     inferer = inference.get_parsed_content("inferer")
     assert inferer.fit_steps == 5 and inference.get_parsed_content("ckpt_dir").endswith("/models/fast")
+    assert (
+        inferer.skip_background
+        and not _parser(["configs/inference.json"]).get_parsed_content("inferer").skip_background
+    )
     # same network as the default: only the head is trained again, on features of exactly the 5-step fit
     assert inference.get_parsed_content("network_def").context_radius == 2
     training = _parser(["configs/train.json", "configs/fast.json", "configs/train_fast.json"])
