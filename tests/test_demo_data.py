@@ -168,14 +168,47 @@ def test_progress_is_quiet_for_a_few_seconds(caplog, monkeypatch):
     assert dataset._default_workers(2, 124) == 1 and 1 <= dataset._default_workers(3, 2) <= 2
 
 
-@pytest.mark.parametrize("up_to", [None, 2.5])
+@pytest.mark.parametrize("up_to", [None, 2.5, 6.3, 9.9, 12.0])
 def test_cropped_distance_transform_is_the_full_one(up_to):
     rng = np.random.default_rng(0)
     mask = np.zeros((30, 34, 28), dtype=bool)
     mask[5:22, 8:30, 3:20] = rng.random((17, 22, 17)) > 0.2
-    for m in (mask, ~mask):
+    solid = np.zeros((40, 44, 38), dtype=bool)  # distances up to ~11
+    solid[3:37, 2:44, 4:30] = rng.random((34, 42, 26)) > 0.001
+    for m in (mask, ~mask, solid, ~solid, solid[:, :, 17]):
         full = ndimage.distance_transform_edt(m).astype(np.float32)
         cropped = synthesis._distance_inside(m, up_to=up_to)
         near = full <= (np.inf if up_to is None else up_to)
         np.testing.assert_array_equal(cropped[near], full[near])
         assert np.all(cropped[~near] > up_to) if up_to is not None else True
+
+
+def test_separable_field_evaluation_is_the_pointwise_one():
+    """3D evaluates the coarse random fields separably on the output grid: the same spline as point by point."""
+    rng = np.random.default_rng(3)
+    x, z, y = synthesis._reference_grid(synthesis.SLICE_Y_MM + 4.7, 3)
+    grid = (x[::9], z[[0, 1, 50, 96, 150, 191]], y[::-13])  # a few points of each axis, the ends included
+    for spacing, channels in ((24.0, 3), (8.0, 2), (48.0, 1)):
+        field = synthesis._coarse_field(rng, spacing, channels)
+        fast = synthesis._eval_coarse_grid(field, grid, spacing)
+        pointwise = synthesis._eval_coarse(field, synthesis._reference_points(grid), spacing)
+        np.testing.assert_allclose(fast, pointwise, rtol=0, atol=1e-12)
+
+
+def test_interpolation_shortcuts_read_the_same_values():
+    """Points in a template cell of one label, or where the ventricle gradient is 0, skip the interpolation: the
+    labels, grey-matter probabilities and shifted coordinates are those of interpolating every point."""
+    tpl = synthesis.template()
+    rng = np.random.default_rng(5)
+    n = np.array(tpl["labels"].shape)[:, None]
+    vox = rng.uniform(-2.0, n + 1.0, (3, 300_000))
+    vox[:, :1000] = np.round(vox[:, :1000])  # on voxels, where a cell's upper neighbours have weight 0
+    prob = np.stack([ndimage.map_coordinates(c, vox, order=1, mode="constant") for c in tpl["onehot"]])
+    prob[0] += prob.sum(0) < 0.5
+    labels, sgm = synthesis._sample_labels(vox)
+    np.testing.assert_array_equal(labels, np.argmax(prob, axis=0))
+    np.testing.assert_array_equal(sgm, prob[2])
+    assert len(np.unique(labels)) == 5 and np.count_nonzero(sgm) > 1000
+    for vent in (2.7, -1.3):
+        g = np.stack([ndimage.map_coordinates(c, vox, order=1, mode="constant") for c in tpl["vgrad"]])
+        np.testing.assert_array_equal(synthesis._ventricle_shift(vox, vent), vox + vent * g)

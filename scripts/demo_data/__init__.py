@@ -8,7 +8,7 @@ following FreeSurfer's seg4 convention (0 background, 1 cortex, 2 subcortical gr
 4 ventricular CSF) is derived once in template space; each subject is then a randomly (affinely + elastically)
 deformed, intensity-perturbed resampling of it. See docs/data_license.txt for provenance and licence.
 
-The labels are checked over the whole volume (3D, ``spatial_dims=3``; about 9 s per subject on one CPU core): the
+The labels are checked over the whole volume (3D, ``spatial_dims=3``; about 3 s per subject on one CPU core): the
 striatum is the deep grey matter connected to striatal seeds (not the cingulate gyrus), and cisternal CSF next to the
 ventricles is background. Inside the coronal band used by the 2D slices (MNI y -36..4 mm) the labels are those of
 version 1.0, so 2D subjects are identical to it. Known simplification: the cerebellar cortex (subcortical GM here) is

@@ -34,8 +34,10 @@ __all__ = [
 DEMO_SUBJECT_FMT = "OASIS_OAS1_{:04d}_MR1"
 GENERATOR_NAME = "metaseg-demo-data"
 # 1.1: 3D labels corrected outside the 2D band; 2.0: neurite-oasis intensity convention (FreeSurfer norm/255), non-brain
-# rim, age-dependent atrophy, asymmetry, and a ``test_shifted`` split
-GENERATOR_VERSION = "2.0"
+# rim, age-dependent atrophy, asymmetry, and a ``test_shifted`` split; 2.1: 3D deformation and bias fields evaluated
+# separably (3x faster; equal to 2.0 up to rounding, the same arrays in every subject checked but not guaranteed), 2D
+# subjects unchanged bit for bit
+GENERATOR_VERSION = "2.1"
 MANIFEST_NAME = "demo_manifest.json"
 SPLITS_NAME = {2: "demo_splits.json", 3: "demo_splits_3d.json"}
 _WORKER_MEMORY = 3 * 2**30  # peak memory of one process generating 3D subjects, with room to spare
