@@ -305,8 +305,8 @@ def _presets(r: dict, unit: str) -> list[str]:
         f"MetaSeg's configurations on the split `{r['data']['split']}`: mean foreground Dice after each number of "
         f"test-time fit steps ({r['fit_steps_sweep_images']} images), then `run evaluating` with the preset's own "
         f"fit steps ({r['num_images']} images; also as mean Dice including background, the kind of Dice the paper "
-        f"reports), seconds per {unit} at those steps and training time on the machine named in the preset's "
-        "training-time record.",
+        f"reports), seconds per {unit} at those steps, and the training wall time its training run recorded "
+        "(`model_train_time.json` beside its weights).",
         "",
         "| preset | configs | parameters | "
         + " | ".join(f"{n} steps" for n in steps)
