@@ -141,9 +141,11 @@ def bench_fit(
             fit_points,
         ),
     }
+    fast_name = None
     if fast is not None:
         fast_net, fast_inferer = fast
-        methods[f"fast preset ({fast_inferer.fit_steps} steps, {fit_points} points)"] = (
+        fast_name = f"fast preset ({fast_inferer.fit_steps} steps, {fit_points} points)"
+        methods[fast_name] = (
             lambda image: fast_inferer.fit_decode(image, fast_net),
             fast_inferer.fit_steps,
             fit_points,
@@ -158,13 +160,18 @@ def bench_fit(
     runs[batched] = [timed(inferer.fit_decode, images, net)]
 
     rows = []
+    # the fast preset's head classifies only the non-zero pixels (skip_background)
+    head_pixels = {name: n * num_pixels for name in methods}
+    if fast_name is not None and fast[1].skip_background:
+        head_pixels[fast_name] = int((images != 0).sum())
     order = [name for name in methods if name != batched]
     methods = {name: methods[name] for name in [*order[:2], batched, *order[2:]]}
     for name, (_, steps, points) in methods.items():
         seconds = sum(r[0] for r in runs[name])
         logits, recon = (torch.cat([r[2][j] for r in runs[name]]) for j in (0, 1))
-        # forward + backward of a fit step ~ 3x the forward's matrix products; decoding: trunk + head per pixel
-        flops = n * (steps * points * 3 * trunk_flops + num_pixels * (trunk_flops + head_flops))
+        # forward + backward of a fit step ~ 3x the forward's matrix products; decoding: trunk per pixel, head per
+        # classified pixel
+        flops = n * (steps * points * 3 * trunk_flops + num_pixels * trunk_flops) + head_pixels[name] * head_flops
         rows.append(
             {
                 "method": name,
