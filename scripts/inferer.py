@@ -66,11 +66,11 @@ class MetaSegInferer(Inferer):
             with bfloat16 units (AMX, AVX512-BF16). The setting is process-wide while the fit runs, so other threads'
             CPU matmuls in that time are rounded too.
         skip_background: classify only the pixels whose input intensity is not exactly 0 when a neighbourhood head
-            decodes the fitted grid (the default and fast presets); the others (zero padding, and the background
-            that the intensity normalization sets to 0) are labelled background without running the head (logits
-            0 for class 0 and -30 for the others). The head is most of the decoding cost, and these pixels carry
-            no foreground label in the demo data (measured: docs/experiments.md). Point-wise heads and finer grids
-            classify every pixel.
+            (``context_radius`` > 0) decodes the fitted grid (on in the fast preset, ``configs/fast.json``); the
+            others (zero padding, and the background that the intensity normalization sets to 0) are labelled
+            background without running the head (logits 0 for class 0 and -30 for the others). The head is most of
+            the decoding cost, and these pixels carry no foreground label in the demo data (measured:
+            docs/experiments.md). Point-wise heads and finer grids classify every pixel.
         output_scale: ``__call__`` decodes on a grid this many times finer than the input in every spatial dim
             (positive integer; see :mod:`scripts.resolution`), with the fine affine when the input is a
             ``MetaTensor``. :meth:`fit_decode` (evaluation against labels) always decodes on the input's grid.
