@@ -116,6 +116,7 @@ def test_zip_is_named_and_laid_out_like_a_zoo_release(package):
     assert {"scripts/network.py", "scripts/inferer.py", "docs/README.md", "docs/meta_schema.json"} <= rel
     assert {"LICENSE", "large_files.yml", "requirements.txt", "models/model.pt", "models/unet.pt"} <= rel
     assert {"models/3d/model.pt", "models/3d/segresnet.pt", "models/model_train_time.json"} <= rel
+    assert {"models/fast/model_train_time.json", "models/paper/model_train_time.json"} <= rel
     top = {n.split("/")[0] for n in rel}
     assert not top & {"tools", "tests", "benchmarks", ".ci", ".venv", ".venv-monailabel", "data", "eval", "dist"}
     assert not [n for n in rel if "__pycache__" in n or n.endswith((".pyc", ".ts", "meta_model.pt", ".tmp"))]
@@ -129,6 +130,8 @@ def test_large_files_are_shipped_and_accepted_by_monai_download_logic(package, t
     entries = _large_files((bundle / "large_files.yml").read_text())
     assert {e["path"] for e in entries} == {
         "models/model.pt",
+        "models/fast/model.pt",
+        "models/paper/model.pt",
         "models/unet.pt",
         "models/3d/model.pt",
         "models/3d/segresnet.pt",

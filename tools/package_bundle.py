@@ -24,8 +24,7 @@ CONTENTS = [
     ("configs", "*.conf"),
     ("docs", "*"),
     ("scripts", "**/*.py"),
-    ("models", "*_train_time.json"),
-    ("models/3d", "*_train_time.json"),
+    ("models", "**/*_train_time.json"),  # every model folder's (default, fast, paper, 3d)
 ]
 TOP_LEVEL_FILES = ["LICENSE", "large_files.yml", "requirements.txt"]
 LARGE_FILES = "large_files.yml"
