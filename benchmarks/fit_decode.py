@@ -36,6 +36,7 @@ from monai.metrics import DiceMetric, PSNRMetric
 from monai.networks.utils import one_hot
 from torch.nn import functional as F
 
+from scripts.checkpoint import require_weights
 from scripts.fitting import adam_fit, coordinate_grid, flatten_image
 from scripts.inferer import MetaSegInferer
 from scripts.measure import read_peak_memory
@@ -62,8 +63,8 @@ def matmul_flops_per_point(net: MetaSegINR) -> tuple[float, float]:
     return float(trunk), float(head)
 
 
-def load_test_split(num_images: int) -> tuple[ConfigParser, torch.Tensor, torch.Tensor]:
-    """The evaluation config, and ``num_images`` preprocessed test images and labels ``[B, 1, H, W]``."""
+def load_test_split(num_images: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``num_images`` preprocessed test images and labels ``[B, 1, H, W]`` of the evaluation config."""
     parser = ConfigParser()
     parser.read_config([str(REPO_ROOT / "configs" / f) for f in ("inference.json", "evaluate.json")])
     parser["bundle_root"] = str(REPO_ROOT)
@@ -72,7 +73,7 @@ def load_test_split(num_images: int) -> tuple[ConfigParser, torch.Tensor, torch.
     items = [preprocessing(d) for d in data]
     images = torch.stack([torch.as_tensor(d["image"]) for d in items]).float()
     labels = torch.stack([torch.as_tensor(d["label"]) for d in items]).long()
-    return parser, images, labels
+    return images, labels
 
 
 def reference_fit_decode(net: MetaSegINR, image: torch.Tensor, steps: int, lr: float) -> tuple[torch.Tensor, ...]:
@@ -253,14 +254,14 @@ def bench_meta_step(net: MetaSegINR, images: torch.Tensor, labels: torch.Tensor,
     ]
 
 
-def load_preset(config_file: str) -> tuple[MetaSegINR, MetaSegInferer]:
-    """A preset's network, loaded from its ``ckpt_dir``'s ``model.pt``, and its inferer."""
+def load_model(presets: tuple[str, ...], command: str) -> tuple[MetaSegINR, MetaSegInferer]:
+    """The network of ``configs/inference.json`` (plus ``presets``' config files, e.g. ``fast.json``) with the
+    ``model.pt`` of its ``ckpt_dir`` (missing: an error naming ``command``, which trains it), and its inferer."""
     parser = ConfigParser()
-    parser.read_config([str(REPO_ROOT / "configs" / f) for f in ("inference.json", config_file)])
+    parser.read_config([str(REPO_ROOT / "configs" / f) for f in ("inference.json", *presets)])
     parser["bundle_root"] = str(REPO_ROOT)
-    weights = Path(parser.get_parsed_content("ckpt_dir")) / "model.pt"
-    if not weights.is_file():
-        raise FileNotFoundError(f"{config_file} preset weights not found: {weights} (or pass --no_fast).")
+    name = f"MetaSeg ({', '.join(presets)})" if presets else "MetaSeg"
+    weights = require_weights(str(Path(parser.get_parsed_content("ckpt_dir")) / "model.pt"), name, command)
     net = parser.get_parsed_content("network_def")
     net.load_state_dict(torch.load(weights, weights_only=True))
     return net, parser.get_parsed_content("inferer")
@@ -279,11 +280,12 @@ def main() -> None:
         torch.set_num_threads(opts.threads)
     torch.manual_seed(0)
 
-    parser, images, labels = load_test_split(opts.num_images)
-    net = parser.get_parsed_content("network_def")
-    net.load_state_dict(torch.load(REPO_ROOT / "models" / "model.pt", weights_only=True))
-    inferer = parser.get_parsed_content("inferer")
-    fast = None if opts.no_fast else load_preset("fast.json")
+    images, labels = load_test_split(opts.num_images)
+    net, inferer = load_model((), "python -m monai.bundle run training --config_file configs/train.json")
+    fast = None
+    if not opts.no_fast:
+        train_fast = "\"['configs/train.json','configs/fast.json','configs/train_fast.json']\" (or pass --no_fast)"
+        fast = load_model(("fast.json",), f"python -m monai.bundle run training --config_file {train_fast}")
     peak = matmul_peak_gflops()
     print(
         f"{images.shape[0]} test slices {tuple(images.shape[2:])}, {torch.get_num_threads()} threads, "
