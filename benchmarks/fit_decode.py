@@ -57,9 +57,13 @@ def matmul_peak_gflops(n: int = 2048, repeats: int = 10) -> float:
 
 
 def matmul_flops_per_point(net: MetaSegINR) -> tuple[float, float]:
-    """(trunk + intensity, head) multiply-add FLOPs of one point's forward pass."""
+    """(trunk + intensity, decoder) multiply-add FLOPs of one point's forward pass (the grid head's per pixel)."""
     trunk = sum(2 * m.in_features * m.out_features for m in [*net.trunk, net.intensity])
-    head = sum(2 * m.in_features * m.out_features for m in net.head if isinstance(m, torch.nn.Linear))
+    if net.grid_head is not None:
+        convs = [m for m in net.grid_head if isinstance(m, torch.nn.modules.conv._ConvNd)]
+        head = sum(2 * m.in_channels * m.out_channels * m.weight[0, 0].numel() for m in convs)
+    else:
+        head = sum(2 * m.in_features * m.out_features for m in net.head if isinstance(m, torch.nn.Linear))
     return float(trunk), float(head)
 
 
@@ -93,10 +97,14 @@ def reference_fit_decode(net: MetaSegINR, image: torch.Tensor, steps: int, lr: f
         loss = F.mse_loss(model.intensity(trunk(coords)), target)
         loss.backward()
         optimizer.step()
-    with torch.no_grad():
-        out = model(coords)  # the module's own forward: intensity, then logits (head context evaluated pointwise)
-        logits, recon = out[..., 1:], out[..., :1]
     shape = image.shape[2:]
+    with torch.no_grad():
+        if model.grid_head is not None:  # the grid head convolves the features of every pixel
+            features = trunk(coords)
+            logits, recon = model.decode_grid(features, shape), model.intensity(features)
+        else:
+            out = model(coords)  # the module's own forward: intensity, then logits (head context evaluated pointwise)
+            logits, recon = out[..., 1:], out[..., :1]
     return logits.transpose(1, 2).reshape(1, -1, *shape), recon.transpose(1, 2).reshape(1, 1, *shape)
 
 
@@ -161,9 +169,9 @@ def bench_fit(
     runs[batched] = [timed(inferer.fit_decode, images, net)]
 
     rows = []
-    # the fast preset's head classifies only the non-zero pixels (skip_background)
+    # the fast preset's point-wise head classifies only the non-zero pixels (skip_background); a grid head runs on all
     head_pixels = {name: n * num_pixels for name in methods}
-    if fast_name is not None and fast[1].skip_background:
+    if fast_name is not None and fast[1].skip_background and fast[0].grid_head is None:
         head_pixels[fast_name] = int((images != 0).sum())
     order = [name for name in methods if name != batched]
     methods = {name: methods[name] for name in [*order[:2], batched, *order[2:]]}

@@ -9,7 +9,12 @@ trunk is the same for all variants, so the table isolates what the head reads. R
     python -m benchmarks.head_context --model models/model.pt --iters 1500 \\
         --variant point=0,4,128,1 --variant ctx4=1,4,256,2 --variant ctx8=1,8,256,2
 
-A variant is ``name=context_radius,context_step,head_channels,head_layers`` (``MetaSegINR`` arguments).
+A variant is ``name=context_radius,context_step,head_channels,head_layers`` (``MetaSegINR`` arguments). A
+``--grid_variant name=channels,d1-d2-...`` is a convolutional grid head (``grid_head_channels`` and
+``grid_head_dilations``), trained on random 96x96 crops of the fitted feature maps (4 per step, same loss and
+optimizer) and scored on whole images:
+
+    python -m benchmarks.head_context --iters 1500 --variant r2s4=2,4,256,2 --grid_variant g64=64,1-2-4-8-16
 """
 
 from __future__ import annotations
@@ -69,21 +74,57 @@ def train_head(net: MetaSegINR, feats: torch.Tensor, labels: torch.Tensor, index
         schedule.step()
 
 
+def train_grid_head(net: MetaSegINR, feats: torch.Tensor, labels: torch.Tensor, iters: int, crop: int = 96) -> None:
+    """Train ``net``'s grid head on random ``crop``-sized windows of the fitted training feature maps."""
+    optimizer = torch.optim.Adam(net.grid_head.parameters(), lr=1e-3)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, iters)
+    loss_fn = DiceFocalLoss(softmax=True, to_onehot_y=True, gamma=1.0)
+    shape = labels.shape[2:]
+    maps = feats.transpose(1, 2).reshape(len(feats), feats.shape[2], *shape)  # [B, hidden, H, W]
+    for _ in range(iters):
+        images = torch.randint(len(feats), (4,))
+        corners = [torch.randint(0, n - crop + 1, (4,)) for n in shape]
+        windows = [(i, slice(y, y + crop), slice(x, x + crop)) for i, y, x in zip(images, *corners)]
+        x = torch.stack([maps[i, :, ys, xs] for i, ys, xs in windows]).float()
+        target = torch.stack([labels[i, :, ys, xs] for i, ys, xs in windows])
+        logits = net.decode_grid(x.flatten(2).transpose(1, 2), (crop, crop)).transpose(1, 2)
+        loss = loss_fn(logits.reshape(len(x), -1, crop, crop), target)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+
+
+@torch.no_grad()
+def score_grid(net: MetaSegINR, feats: torch.Tensor, labels: torch.Tensor) -> list[float]:
+    """:func:`score` for a grid head, which decodes each whole fitted image."""
+    shape = labels.shape[2:]
+    preds = torch.cat([net.decode_grid(f[None].float(), shape).argmax(-1) for f in feats])
+    return _dice(preds, labels, net.num_classes)
+
+
+def _dice(preds: torch.Tensor, labels: torch.Tensor, num_classes: int) -> list[float]:
+    """Mean foreground Dice, then the Dice of each foreground class, averaged over images."""
+    shape = labels.shape[2:]
+    dice = DiceMetric(include_background=False)(
+        one_hot(preds.reshape(-1, 1, *shape), num_classes), one_hot(labels, num_classes)
+    )
+    per_class = dice.as_tensor().nanmean(0)  # [B, C - 1] -> per class
+    return [float(per_class.mean()), *(float(d) for d in per_class)]
+
+
 @torch.no_grad()
 def score(net: MetaSegINR, feats: torch.Tensor, labels: torch.Tensor, index: torch.Tensor) -> list[float]:
     """Mean foreground Dice, then the Dice of each foreground class, averaged over images."""
-    shape = labels.shape[2:]
     preds = torch.cat([net.decode(gather_neighbours(f[None], index).float()).argmax(-1) for f in feats])
-    c = net.num_classes
-    dice = DiceMetric(include_background=False)(one_hot(preds.reshape(-1, 1, *shape), c), one_hot(labels, c))
-    per_class = dice.as_tensor().nanmean(0)  # [B, C - 1] -> per class
-    return [float(per_class.mean()), *(float(d) for d in per_class)]
+    return _dice(preds, labels, net.num_classes)
 
 
 def main() -> None:
     args = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     args.add_argument("--model", type=Path, default=REPO_ROOT / "models" / "model.pt")
-    args.add_argument("--variant", action="append", required=True, help="name=radius,step,head_channels,head_layers")
+    args.add_argument("--variant", action="append", default=[], help="name=radius,step,head_channels,head_layers")
+    args.add_argument("--grid_variant", action="append", default=[], help="name=channels,d1-d2-... (grid head)")
     args.add_argument("--iters", type=int, default=1500)
     args.add_argument("--seed", type=int, default=0)
     args.add_argument("--num_images", type=int, default=None, help="first N images per split (default: all)")
@@ -127,6 +168,22 @@ def main() -> None:
         params = sum(p.numel() for p in net.head.parameters())
         per_class = " | ".join(f"{d:.3f}" for d in test[1:])
         print(f"| {name} | {values} | {params:,} | {val[0]:.4f} | {test[0]:.4f} | {per_class} |", flush=True)
+    for spec in opts.grid_variant:
+        name, values = spec.split("=")
+        width, dilations = values.split(",")
+        torch.manual_seed(opts.seed)
+        net = MetaSegINR(
+            hidden_channels=base.trunk[0].out_features,
+            num_sine_layers=len(base.trunk),
+            num_classes=base.num_classes,
+            grid_head_channels=int(width),
+            grid_head_dilations=[int(d) for d in dilations.split("-")],
+        )
+        train_grid_head(net, *data["train"], opts.iters)
+        val, test = score_grid(net, *data["val"]), score_grid(net, *data["test"])
+        params = sum(p.numel() for p in net.grid_head.parameters())
+        per_class = " | ".join(f"{d:.3f}" for d in test[1:])
+        print(f"| {name} | grid {values} | {params:,} | {val[0]:.4f} | {test[0]:.4f} | {per_class} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ from ignite.handlers import Checkpoint, DiskSaver
 from monai.handlers import CheckpointLoader, CheckpointSaver, ValidationHandler
 from monai.transforms import Randomizable
 
-from .network import MetaSegINR, widen_head_context
+from .network import GRID_HEAD_PREFIX, MetaSegINR, widen_head_context
 from .options import as_bool
 
 __all__ = [
@@ -77,9 +77,9 @@ def read_checkpoint(path: str, map_location: Any = None) -> Mapping[str, Any]:
     return checkpoint
 
 
-def architecture_of(state: Mapping[str, Any]) -> dict[str, int]:
+def architecture_of(state: Mapping[str, Any]) -> dict[str, int | None]:
     """``MetaSegINR`` hyper-parameters implied by a state dict's tensor names and shapes (those it can tell)."""
-    arch: dict[str, int] = {}
+    arch: dict[str, int | None] = {}
     trunk = sorted(int(k.split(".")[1]) for k in state if k.startswith("trunk.") and k.endswith(".weight"))
     if trunk:
         arch["num_sine_layers"] = len(trunk)
@@ -87,6 +87,9 @@ def architecture_of(state: Mapping[str, Any]) -> dict[str, int]:
         arch["hidden_channels"] = int(state["trunk.0.weight"].shape[0])
     if "intensity.weight" in state:
         arch["out_channels"] = int(state["intensity.weight"].shape[0])
+    if trunk:  # a MetaSeg state: with or without a grid head
+        grid = state.get(f"{GRID_HEAD_PREFIX}0.weight")
+        arch["grid_head_channels"] = None if grid is None else int(grid.shape[0])
     head = sorted(int(k.split(".")[1]) for k in state if k.startswith("head.") and k.endswith(".weight"))
     if head:  # head.0, head.2, ...: hidden Linear layers, then the classifier
         arch["head_layers"] = len(head) - 1
@@ -146,13 +149,17 @@ def load_network_checked(
 
     ``widen_head``: a MetaSeg state whose head reads a smaller neighbourhood than ``network``'s is widened first
     (:func:`scripts.network.widen_head_context`: same logits, zero weights for the new neighbours), so a head
-    fine-tuning can start from weights trained with a smaller ``context_radius``.
+    fine-tuning can start from weights trained with a smaller ``context_radius``; and a state without a grid head
+    (a meta-trained network) gets ``network``'s own initial grid head, which the head fine-tuning then trains.
     """
     checkpoint = read_checkpoint(path, map_location)
     state = checkpoint[key] if key in checkpoint and isinstance(checkpoint[key], Mapping) else checkpoint
     net = getattr(network, "module", network)
     if widen_head and isinstance(net, MetaSegINR):
         state = widen_head_context(dict(state), net)
+        if net.grid_head is not None and not any(k.startswith(GRID_HEAD_PREFIX) for k in state):
+            own = net.state_dict()
+            state = {**state, **{k: v for k, v in own.items() if k.startswith(GRID_HEAD_PREFIX)}}
     check_state_dict(network, state, str(path))
     net.load_state_dict(state)
     return network

@@ -10,7 +10,7 @@ from monai.utils import convert_to_tensor
 
 from .fitting import batch_coordinate_grid, flatten_image, gather_points, grid_neighbour_index, sample_points
 from .inferer import FitResult, MetaSegInferer
-from .network import HEAD_PREFIX, TRUNK_PREFIXES, MetaSegINR
+from .network import TRUNK_PREFIXES, MetaSegINR
 from .trainer import PointLossTrainer
 
 __all__ = ["FitCache", "HeadFineTuneTrainer"]
@@ -41,13 +41,15 @@ class HeadFineTuneTrainer(PointLossTrainer):
 
     Every image is fitted by ``inferer`` (the same :class:`MetaSegInferer` used for inference) from the current
     network weights; its features are then decoded by the head and ``loss_function`` (logits ``[B, C, N]``, labels
-    ``[B, 1, N]``) is minimised w.r.t. the head only, so ``optimizer`` must hold only head parameters. The trunk is
+    ``[B, 1, N]``) is minimised w.r.t. the head only, so ``optimizer`` must hold only the parameters of what decodes
+    images (``network.decoder_parameters()``: the grid head when the network has one, else the head). The trunk is
     frozen in this stage, so each image's fit is computed once and cached by file name (``cache_fits=True``),
     together with the label map it was fitted with: with random augmentation in the data pipeline, an image is seen
     under the (rotation, flip, contrast, ...) drawn for it the first time, and features and labels always match.
     ``num_points`` random pixels per image (``None``: all) enter each loss. A head with neighbourhood context reads
     the neighbours' features from one trunk pass over the fitted grid (cached with the fit), as the inferer decodes,
-    instead of evaluating the trunk again at every neighbour of every point.
+    instead of evaluating the trunk again at every neighbour of every point. A grid head decodes the whole fitted grid
+    and its loss takes every pixel (``num_points`` applies to point-wise heads).
     """
 
     def __init__(
@@ -77,10 +79,14 @@ class HeadFineTuneTrainer(PointLossTrainer):
         if not isinstance(inferer, MetaSegInferer):
             raise TypeError(f"HeadFineTuneTrainer needs a MetaSegInferer, got {type(inferer).__name__}.")
         net = getattr(network, "module", network)
-        head_ids = {id(p) for n, p in net.named_parameters() if n.startswith(HEAD_PREFIX)}
+        head_ids = {id(p) for p in net.decoder_parameters()}
         foreign = [p for g in optimizer.param_groups for p in g["params"] if id(p) not in head_ids]
         if foreign:
-            raise ValueError("HeadFineTuneTrainer's optimizer must hold only the head's parameters (network.head).")
+            head = "network.head" if net.grid_head is None else "network.grid_head"
+            raise ValueError(
+                f"HeadFineTuneTrainer's optimizer must hold only the decoder's parameters ({head}: "
+                "network.decoder_parameters())."
+            )
         self.num_points = num_points
         self.cache_fits = cache_fits
         self.fit_cache = FitCache() if fit_cache is None else fit_cache
@@ -109,19 +115,24 @@ class HeadFineTuneTrainer(PointLossTrainer):
         return FitResult(params=params, coords=coords, spatial_shape=spatial_shape), labels
 
     @torch.no_grad()
+    def _grid_features(self, fit: FitResult, net: MetaSegINR, names: list[str] | None) -> torch.Tensor:
+        """Trunk features ``[B, N, hidden]`` of the whole fitted grid, cached by file name."""
+        cached = self.fit_cache.features
+        if names is not None and all(n in cached for n in names):
+            return torch.stack([cached[n] for n in names])
+        features = net.trunk_features(fit.coords, fit.params)
+        for i, n in enumerate(names or []):
+            cached[n] = features[i]
+        return features
+
+    @torch.no_grad()
     def _head_input(
         self, fit: FitResult, net: MetaSegINR, index: torch.Tensor | None, names: list[str] | None
     ) -> torch.Tensor:
         """The head's input ``[B, n, K * hidden]`` at the points ``index`` ``[B, n]`` (``None``: all) of the fit."""
         if net.context_radius == 0 or fit.spatial_shape != net.context_grid:
             return net.head_input(gather_points(fit.coords, index), fit.params)
-        cached = self.fit_cache.features
-        if names is not None and all(n in cached for n in names):
-            features = torch.stack([cached[n] for n in names])
-        else:
-            features = net.trunk_features(fit.coords, fit.params)  # [B, N, hidden], the fitted grid's
-            for i, n in enumerate(names or []):
-                cached[n] = features[i]
+        features = self._grid_features(fit, net, names)
         rows = grid_neighbour_index(fit.spatial_shape, net.context_pixels.to(features.device), index)  # [(B,) n, K]
         rows = rows.expand(features.shape[0], -1, -1) if index is None else rows
         picked = torch.gather(features, 1, rows.flatten(1).unsqueeze(-1).expand(-1, -1, features.shape[-1]))
@@ -134,6 +145,9 @@ class HeadFineTuneTrainer(PointLossTrainer):
         fit, targets = self._fitted_params(inputs, targets, net)
         names = self._cache_names(inputs)
         label = flatten_image(convert_to_tensor(targets, track_meta=False).long())
+        if net.grid_head is not None:
+            logits = net.decode_grid(self._grid_features(fit, net, names), fit.spatial_shape)
+            return self.loss_function(logits.transpose(1, 2), label.transpose(1, 2)), {}
         index = sample_points(fit.coords.shape[1], self.num_points, inputs.shape[0], inputs.device)
         logits = net.decode(self._head_input(fit, net, index, names))
         return self.loss_function(logits.transpose(1, 2), gather_points(label, index).transpose(1, 2)), {}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -70,10 +71,14 @@ class MetaSegInferer(Inferer):
             others (zero padding, and the background that the intensity normalization sets to 0) are labelled
             background without running the head (logits 0 for class 0 and -30 for the others). The head is most of
             the decoding cost, and these pixels carry no foreground label in the demo data (measured:
-            docs/experiments.md). Point-wise heads and finer grids classify every pixel.
+            docs/experiments.md). A grid head runs on every pixel (its convolutions need them) and the mask is
+            applied to its logits; point-wise heads and finer grids classify every pixel.
         output_scale: ``__call__`` decodes on a grid this many times finer than the input in every spatial dim
             (positive integer; see :mod:`scripts.resolution`), with the fine affine when the input is a
             ``MetaTensor``. :meth:`fit_decode` (evaluation against labels) always decodes on the input's grid.
+        grid_head: decode with the network's convolutional grid head when it has one (``grid_head_channels``);
+            ``False``: with the point-wise head, as the meta-training's validation does before the grid head is
+            trained (:meth:`with_point_head`).
     """
 
     def __init__(
@@ -88,6 +93,7 @@ class MetaSegInferer(Inferer):
         fit_bf16: bool = True,
         output_scale: int = 1,
         skip_background: bool = False,
+        grid_head: bool = True,
     ) -> None:
         super().__init__()
         if fit_steps < 0:
@@ -104,6 +110,16 @@ class MetaSegInferer(Inferer):
         self.fit_bf16 = bool(fit_bf16)
         self.output_scale = check_scale(output_scale)
         self.skip_background = bool(skip_background)
+        self.grid_head = bool(grid_head)
+
+    def with_point_head(self) -> MetaSegInferer:
+        """A copy of this inferer that decodes with the network's point-wise head even where it has a grid head."""
+        inferer = copy.copy(self)
+        inferer.grid_head = False
+        return inferer
+
+    def _uses_grid_head(self, net: MetaSegINR) -> bool:
+        return self.grid_head and net.grid_head is not None
 
     @staticmethod
     def _unwrap(network: torch.nn.Module) -> MetaSegINR:
@@ -217,7 +233,7 @@ class MetaSegInferer(Inferer):
     def decode(self, fit: FitResult, network: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
         """Class logits ``[B, C, *spatial]`` and reconstruction ``[B, 1, *spatial]`` of a fitted batch."""
         net = self._unwrap(network)
-        if net.context_radius > 0 and fit.spatial_shape == net.context_grid:
+        if net.context_radius > 0 and fit.spatial_shape == net.context_grid and not self._uses_grid_head(net):
             return self._decode_own_grid(fit, net)
         return self.decode_on_grid(fit, network, fit.coords, fit.spatial_shape)
 
@@ -247,14 +263,23 @@ class MetaSegInferer(Inferer):
             logits.append(self._head_logits(net, gather_neighbours(features, idx), fit.params))
         logits = torch.cat(logits, dim=1) if logits else features.new_zeros(features.shape[0], 0, net.num_classes)
         if points is not None:
-            background = torch.full((net.num_classes,), -30.0, device=logits.device)
-            background[0] = 0.0
-            full = background.expand(*features.shape[:2], -1).clone()
+            full = self._background_logits(net, *features.shape[:2], logits.device).clone()
             full[:, points] = logits.float()
-            # per image: a pixel that is 0 in this image is background even where another image of the batch is not
-            logits = torch.where(fit.decode_mask.unsqueeze(-1), full, background)
+            logits = self._mask_background(fit.decode_mask, full, net)
         shape = fit.spatial_shape
         return unflatten_points(logits, shape), unflatten_points(torch.cat(intensity, dim=1), shape)
+
+    @staticmethod
+    def _background_logits(net: MetaSegINR, batch: int, points: int, device: torch.device) -> torch.Tensor:
+        """Logits ``[batch, points, C]`` of a certain background label (0 for class 0, -30 for the others)."""
+        background = torch.full((net.num_classes,), -30.0, device=device)
+        background[0] = 0.0
+        return background.expand(batch, points, -1)
+
+    def _mask_background(self, mask: torch.Tensor, logits: torch.Tensor, net: MetaSegINR) -> torch.Tensor:
+        """``logits`` ``[B, N, C]`` where ``mask`` ``[B, N]`` is set, certain background elsewhere (per image)."""
+        background = self._background_logits(net, *logits.shape[:2], logits.device)
+        return torch.where(mask.unsqueeze(-1), logits, background)
 
     @torch.no_grad()
     def decode_on_grid(
@@ -271,6 +296,8 @@ class MetaSegInferer(Inferer):
         if coords.dim() == 2:
             coords = coords.expand(batch, -1, -1)
         chunk = self.decode_chunk or coords.shape[1]
+        if self._uses_grid_head(net):
+            return self._decode_grid_head(fit, net, coords, tuple(int(s) for s in spatial_shape))
         outputs = []
         for c in coords.split(chunk, dim=1):
             intensity, features, _ = net.functional_forward(c, fit.params, with_logits=False)
@@ -279,6 +306,33 @@ class MetaSegInferer(Inferer):
         intensity = torch.cat([o[0] for o in outputs], dim=1)
         logits = torch.cat([o[1] for o in outputs], dim=1)
         return unflatten_points(logits, spatial_shape), unflatten_points(intensity, spatial_shape)
+
+    @torch.no_grad()
+    def _decode_grid_head(
+        self, fit: FitResult, net: MetaSegINR, coords: torch.Tensor, spatial_shape: tuple[int, ...]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`decode_on_grid` with the grid head: one trunk pass over the grid, then its convolutions.
+
+        The grid must be the fitted one or an integer multiple of it in every dim (the head's dilations are scaled).
+        """
+        scale = spatial_shape[0] // fit.spatial_shape[0]
+        if scale < 1 or tuple(scale * s for s in fit.spatial_shape) != spatial_shape:
+            raise ValueError(
+                f"the grid head decodes the fitted grid {fit.spatial_shape} or an integer multiple of it, "
+                f"got {spatial_shape}."
+            )
+        chunk = self.decode_chunk or coords.shape[1]
+        intensity, features = [], []
+        for c in coords.split(chunk, dim=1):
+            out = net.functional_forward(c, fit.params, with_logits=False)
+            intensity.append(out[0])
+            features.append(out[1])
+        features = torch.cat(features, dim=1)  # [B, N, hidden]
+        with torch.autocast(features.device.type, dtype=torch.bfloat16, enabled=self.head_bf16):
+            logits = net.decode_grid(features, spatial_shape, scale).float()
+        if fit.decode_mask is not None and scale == 1:
+            logits = self._mask_background(fit.decode_mask, logits, net)
+        return unflatten_points(logits, spatial_shape), unflatten_points(torch.cat(intensity, dim=1), spatial_shape)
 
     def _head_logits(self, net: MetaSegINR, head_input: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
         """The head's float32 logits, its matrix products in bfloat16 with ``head_bf16``."""

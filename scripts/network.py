@@ -8,10 +8,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["MetaSegINR", "TRUNK_PREFIXES", "HEAD_PREFIX", "widen_head_context"]
+__all__ = ["MetaSegINR", "TRUNK_PREFIXES", "HEAD_PREFIX", "GRID_HEAD_PREFIX", "widen_head_context"]
 
 TRUNK_PREFIXES = ("trunk.", "intensity.")
 HEAD_PREFIX = "head."
+GRID_HEAD_PREFIX = "grid_head."
 
 
 def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -60,6 +61,13 @@ class MetaSegINR(nn.Module):
         context_step: distance between neighbours, in pixels of ``context_grid``.
         context_grid: the image size (pixels per spatial dim) that ``context_step`` refers to, normally the
             bundle's padded/resized ``image_size``; required when ``context_radius > 0``.
+        grid_head_channels: width of an optional convolutional head that decodes a whole grid of fitted features
+            (``None``: no grid head). It is a 1x1 convolution to this width, a 3x3 (3x3x3) convolution per entry of
+            ``grid_head_dilations`` with that dilation in pixels (replicate padding, each followed by a LeakyReLU),
+            and a 1x1 convolution to the class logits; see :meth:`decode_grid`. Meta-training trains the point-wise
+            ``head``; the grid head is trained on fitted features afterwards
+            (:class:`scripts.head_trainer.HeadFineTuneTrainer`) and, when present, is what images are decoded with.
+        grid_head_dilations: dilations of the grid head's 3x3 convolutions, in pixels of the fitted grid.
     """
 
     def __init__(
@@ -76,6 +84,8 @@ class MetaSegINR(nn.Module):
         context_radius: int = 0,
         context_step: int = 4,
         context_grid: Sequence[int] | None = None,
+        grid_head_channels: int | None = None,
+        grid_head_dilations: Sequence[int] = (1, 2, 4, 8, 16),
     ) -> None:
         super().__init__()
         if spatial_dims not in (2, 3):
@@ -100,6 +110,8 @@ class MetaSegINR(nn.Module):
             head += [nn.Linear(num_neighbours * hidden_channels if i == 0 else head_channels, head_channels)]
             head += [nn.LeakyReLU()]
         self.head = nn.Sequential(*head, nn.Linear(head_channels, num_classes))
+        self.grid_head_dilations = tuple(int(d) for d in grid_head_dilations)
+        self.grid_head = self._build_grid_head(grid_head_channels, hidden_channels, num_classes)
         if learned_fit_lr not in (None, "layer", "element"):
             raise ValueError(f"learned_fit_lr must be None, 'layer' or 'element', got {learned_fit_lr!r}.")
         self.learned_fit_lr = learned_fit_lr
@@ -130,6 +142,25 @@ class MetaSegINR(nn.Module):
         # buffers, not parameters, and not saved: they follow from the constructor arguments
         self.register_buffer("context_pixels", pixels, persistent=False)
         self.register_buffer("context_offsets", pixels.float() * spacing, persistent=False)
+
+    def _build_grid_head(self, channels: int | None, hidden: int, num_classes: int) -> nn.Sequential | None:
+        """The convolutional grid head (see the class docstring), or ``None``."""
+        if channels is None:
+            return None
+        if channels < 1 or not self.grid_head_dilations or min(self.grid_head_dilations) < 1:
+            raise ValueError(
+                f"grid_head_channels must be >= 1 and grid_head_dilations positive integers, got {channels} and "
+                f"{list(self.grid_head_dilations)}."
+            )
+        conv = nn.Conv2d if self.spatial_dims == 2 else nn.Conv3d
+        layers: list[nn.Module] = [conv(hidden, channels, 1), nn.LeakyReLU()]
+        for _ in self.grid_head_dilations:
+            layers += [conv(channels, channels, 3), nn.LeakyReLU()]  # dilation and padding applied in decode_grid
+        return nn.Sequential(*layers, conv(channels, num_classes, 1))
+
+    def decoder_parameters(self) -> list[nn.Parameter]:
+        """The parameters of what decodes images: the grid head when there is one, else the point-wise head."""
+        return list((self.head if self.grid_head is None else self.grid_head).parameters())
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
@@ -214,6 +245,29 @@ class MetaSegINR(nn.Module):
         for i in range(0, last, 2):
             x = F.leaky_relu(_linear(x, p[f"head.{i}.weight"], p[f"head.{i}.bias"]))
         return _linear(x, p[f"head.{last}.weight"], p[f"head.{last}.bias"])
+
+    def decode_grid(self, features: torch.Tensor, spatial_shape: Sequence[int], scale: int = 1) -> torch.Tensor:
+        """Class logits ``[B, N, C]`` of the grid head from the features ``[B, N, hidden]`` of a whole grid.
+
+        ``N = prod(spatial_shape)``, points in the order of ``spatial_shape``. ``scale``: the grid is this many times
+        finer than the one the head was trained on (an integer), so every dilation is multiplied by it and the head
+        reads the same physical neighbourhood: like the point-wise head, it stays a function of position.
+        """
+        if self.grid_head is None:
+            raise RuntimeError("this MetaSegINR has no grid head (grid_head_channels is None).")
+        shape = tuple(int(s) for s in spatial_shape)
+        x = features.transpose(1, 2).reshape(features.shape[0], features.shape[2], *shape)
+        convs = [m for m in self.grid_head if isinstance(m, nn.modules.conv._ConvNd)]
+        conv = F.conv2d if self.spatial_dims == 2 else F.conv3d
+        for i, layer in enumerate(convs):
+            if 0 < i < len(convs) - 1:  # the dilated 3x3 convolutions, between the 1x1 ones
+                d = self.grid_head_dilations[i - 1] * int(scale)
+                x = conv(F.pad(x, (d, d) * self.spatial_dims, mode="replicate"), layer.weight, layer.bias, dilation=d)
+            else:
+                x = conv(x, layer.weight, layer.bias)
+            if i < len(convs) - 1:
+                x = F.leaky_relu(x)
+        return x.flatten(2).transpose(1, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Coordinates ``[B, N, spatial_dims]`` -> ``[B, N, out_channels + num_classes]`` (intensity, then logits).

@@ -55,10 +55,12 @@ def test_matching_state_dict_and_full_checkpoint_load(tmp_path):
         "head_layers": 1,
         "num_classes": 5,
         "context_radius": 0,
+        "grid_head_channels": None,
     }
     context = MetaSegINR(**TINY, head_layers=2, num_classes=3, context_radius=1, context_grid=(8, 8))
     found = architecture_of(context.state_dict())
     assert (found["head_layers"], found["num_classes"], found["context_radius"]) == (2, 3, 1)
+    assert architecture_of(MetaSegINR(**TINY, grid_head_channels=6).state_dict())["grid_head_channels"] == 6
 
 
 class NotWeights:

@@ -16,6 +16,7 @@ from scripts.fitting import (
 )
 from scripts.inferer import MetaSegInferer
 from scripts.network import TRUNK_PREFIXES, MetaSegINR
+from scripts.resolution import scaled_coordinate_grid
 from scripts.trainer import MetaSegTrainer
 
 
@@ -259,6 +260,42 @@ def test_context_decode_on_own_grid_matches_pointwise_decode():
     # another image size: no grid to gather from, the pointwise path is used
     other, _ = inferer.fit_decode(torch.rand(1, 1, 6, 5), net)
     assert other.shape == (1, 3, 6, 5)
+
+
+def test_grid_head_decodes_the_fitted_grid_and_finer_ones():
+    """With a grid head the inferer decodes one trunk pass over the grid with it (masked by ``skip_background``), a
+    finer grid with scaled dilations, and :meth:`with_point_head` decodes with the point-wise head instead."""
+    torch.manual_seed(0)
+    kw = dict(hidden_channels=8, num_sine_layers=2, head_channels=8, num_classes=3, context_radius=1)
+    net = MetaSegINR(**kw, context_grid=(9, 7), grid_head_channels=4, grid_head_dilations=(1, 2))
+    images = torch.rand(2, 1, 9, 7)
+    images[0, 0, :2] = 0.0
+    inferer = MetaSegInferer(fit_steps=2, fit_lr=1e-2, decode_chunk=10, head_bf16=False)
+    fit = inferer.fit(images, net)
+    logits, recon = inferer.decode(fit, net)
+    with torch.no_grad():
+        expected = net.decode_grid(net.trunk_features(fit.coords, fit.params), (9, 7))
+    torch.testing.assert_close(logits, expected.transpose(1, 2).reshape(2, 3, 9, 7))
+    point = inferer.with_point_head()
+    assert inferer.grid_head and not point.grid_head
+    plain = MetaSegInferer(fit_steps=2, head_bf16=False)
+    torch.testing.assert_close(point.decode(fit, net)[0], plain.decode(fit, _no_grid(net))[0])
+    skip = MetaSegInferer(fit_steps=2, fit_lr=1e-2, head_bf16=False, skip_background=True)
+    masked = skip.decode(skip.fit(images, net), net)[0]
+    assert (masked[0, 1:, :2] == -30).all() and (masked[0, 0, :2] == 0).all()
+    torch.testing.assert_close(masked[1], logits[1])
+    fine = inferer.decode_on_grid(fit, net, scaled_coordinate_grid((9, 7), 2), (18, 14))[0]
+    assert fine.shape == (2, 3, 18, 14)
+    with pytest.raises(ValueError, match="integer multiple"):
+        inferer.decode_on_grid(fit, net, coordinate_grid((10, 7)), (10, 7))
+
+
+def _no_grid(net: MetaSegINR) -> MetaSegINR:
+    """``net`` without its grid head (same trunk and point-wise head)."""
+    kw = dict(hidden_channels=8, num_sine_layers=2, head_channels=8, num_classes=3, context_radius=1)
+    other = MetaSegINR(**kw, context_grid=net.context_grid)
+    other.load_state_dict({k: v for k, v in net.state_dict().items() if not k.startswith("grid_head.")})
+    return other
 
 
 def test_seg_points_limit_the_meta_segmentation_loss():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from monai.data import MetaTensor
 from monai.losses import DiceFocalLoss
@@ -13,12 +14,16 @@ from tests.utils import tiny_metaseg
 
 def _trainer(net) -> HeadFineTuneTrainer:
     """A head fine-tune trainer of ``net`` with a one-step fit on all pixels (no data loader: tests call it)."""
+    return _trainer_with(net, torch.optim.Adam(net.decoder_parameters()))
+
+
+def _trainer_with(net, optimizer: torch.optim.Optimizer) -> HeadFineTuneTrainer:
     return HeadFineTuneTrainer(
         device="cpu",
         max_epochs=1,
         train_data_loader=[],
         network=net,
-        optimizer=torch.optim.Adam(net.head.parameters()),
+        optimizer=optimizer,
         loss_function=DiceFocalLoss(softmax=True, to_onehot_y=True),
         inferer=MetaSegInferer(fit_steps=1, fit_points=None, fit_bf16=False),
     )
@@ -40,7 +45,7 @@ def test_cached_fit_is_used_with_its_own_labels():
 
 def test_neighbour_features_come_from_one_cached_trunk_pass():
     """On the fitted grid the head's input gathered from cached grid features equals the trunk at every neighbour."""
-    net = tiny_metaseg(context_grid=(16, 16), context_step=2)  # the configs' radius (2): 25 neighbours
+    net = tiny_metaseg(context_grid=(16, 16), context_step=2, context_radius=2, grid_head_channels=None)
     trainer = _trainer(net)
     images = MetaTensor(torch.rand(2, 1, 16, 16), meta={"filename_or_obj": ["a.nii.gz", "b.nii.gz"]})
     fit, _ = trainer._fitted_params(images, torch.zeros(2, 1, 16, 16), net)
@@ -52,3 +57,23 @@ def test_neighbour_features_come_from_one_cached_trunk_pass():
     torch.testing.assert_close(trainer._head_input(fit, net, index, names), expected, rtol=1e-5, atol=1e-5)
     full = net.head_input(fit.coords, fit.params)
     torch.testing.assert_close(trainer._head_input(fit, net, None, None), full, rtol=1e-5, atol=1e-5)
+
+
+def test_grid_head_is_trained_on_the_whole_fitted_grid():
+    """With a grid head, the loss decodes every pixel of the cached grid features, and only the grid head learns."""
+    net = tiny_metaseg(context_grid=(16, 16))
+    trainer = _trainer(net)
+    with pytest.raises(ValueError, match="grid_head"):
+        _trainer_with(net, torch.optim.Adam(net.head.parameters()))
+    images = MetaTensor(torch.rand(2, 1, 16, 16), meta={"filename_or_obj": ["a.nii.gz", "b.nii.gz"]})
+    labels = torch.randint(0, 5, (2, 1, 16, 16))
+    loss, _ = trainer.compute_loss(images, labels, net)
+    fit, _ = trainer._fitted_params(images, labels, net)
+    logits = net.decode_grid(net.trunk_features(fit.coords, fit.params), (16, 16)).transpose(1, 2)
+    expected = trainer.loss_function(logits, labels.flatten(2))
+    torch.testing.assert_close(loss, expected)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    loss.backward()
+    trainer.optimizer.step()
+    changed = {k for k, v in net.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed and all(k.startswith("grid_head.") for k in changed)

@@ -82,9 +82,9 @@ def test_two_process_training_keeps_replicas_identical(tiny_dataset, tmp_path):
         "checkpoint_head.pt",
     } | {f"{s}_rank{r}.pt" for s in ("meta", "final") for r in (0, 1)}
     tiny_metaseg().load_state_dict(torch.load(ckpt / "model.pt", weights_only=True))
-    # the head fine-tune ran (in sync) after meta-training: the final head differs from the meta-learned one
+    # the head fine-tune ran (in sync) after meta-training: the final grid head differs from the meta-stage one
     meta = torch.load(ckpt / "meta_model.pt", weights_only=True)
-    assert not torch.equal(states[0]["head.2.weight"], meta["head.2.weight"])
+    assert not torch.equal(states[0]["grid_head.0.weight"], meta["grid_head.0.weight"])
 
 
 def _card_command(marker: str) -> list[str]:

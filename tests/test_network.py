@@ -1,5 +1,7 @@
 """MetaSegINR: shapes, parameter count, and the functional (batched) forward matching the module forward."""
 
+import math
+
 import pytest
 import torch
 
@@ -192,3 +194,62 @@ def test_head_fine_tuning_starts_from_a_smaller_context(tmp_path):
     load_network_checked(big, str(tmp_path / "meta_model.pt"), widen_head=True)
     coords = torch.rand(1, 16, 2) * 1.2 - 0.6
     torch.testing.assert_close(big(coords), small(coords), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_grid_head_is_dilated_convolutions_with_replicate_padding(spatial_dims):
+    """``decode_grid`` equals the grid head's convolutions run by PyTorch's modules at the configured dilations."""
+    torch.manual_seed(0)
+    net = MetaSegINR(
+        spatial_dims, hidden_channels=8, num_sine_layers=2, grid_head_channels=4, grid_head_dilations=(1, 3)
+    )
+    shape = (9, 11) if spatial_dims == 2 else (5, 6, 7)
+    features = torch.randn(2, math.prod(shape), 8)
+    grid = features.transpose(1, 2).reshape(2, 8, *shape)
+
+    def reference(scale: int) -> torch.Tensor:
+        x = grid
+        convs = [m for m in net.grid_head if isinstance(m, torch.nn.modules.conv._ConvNd)]
+        for i, conv in enumerate(convs):
+            if 0 < i < len(convs) - 1:
+                d = net.grid_head_dilations[i - 1] * scale
+                module = type(conv)(4, 4, 3, padding=d, dilation=d, padding_mode="replicate")
+                module.load_state_dict(conv.state_dict())
+                x = module(x)
+            else:
+                x = conv(x)
+            x = torch.nn.functional.leaky_relu(x) if i < len(convs) - 1 else x
+        return x.flatten(2).transpose(1, 2)
+
+    with torch.no_grad():
+        torch.testing.assert_close(net.decode_grid(features, shape), reference(1))
+        torch.testing.assert_close(net.decode_grid(features, shape, scale=2), reference(2))
+    assert net.decoder_parameters() == list(net.grid_head.parameters())
+    point_only = MetaSegINR(spatial_dims, hidden_channels=8, num_sine_layers=2)
+    assert point_only.grid_head is None and point_only.decoder_parameters() == list(point_only.head.parameters())
+
+
+def test_grid_head_arguments_are_checked():
+    with pytest.raises(ValueError, match="grid_head"):
+        MetaSegINR(grid_head_channels=0)
+    with pytest.raises(ValueError, match="grid_head"):
+        MetaSegINR(grid_head_channels=8, grid_head_dilations=())
+    with pytest.raises(RuntimeError, match="no grid head"):
+        MetaSegINR().decode_grid(torch.zeros(1, 4, 128), (2, 2))
+
+
+def test_meta_trained_state_gets_the_networks_initial_grid_head(tmp_path):
+    """A meta-trained state has no grid head: the fine-tune's load adds the network's own, a plain load refuses it."""
+    from scripts.checkpoint import load_network_checked
+
+    kw = dict(hidden_channels=16, num_sine_layers=2, head_channels=8, context_radius=1, context_grid=(32, 32))
+    meta = MetaSegINR(2, **kw)
+    torch.save(meta.state_dict(), tmp_path / "meta_model.pt")
+    net = MetaSegINR(2, **kw, grid_head_channels=4)
+    initial = {k: v.clone() for k, v in net.state_dict().items() if k.startswith("grid_head.")}
+    with pytest.raises(ValueError, match="grid_head_channels=None but the config has grid_head_channels=4"):
+        load_network_checked(net, str(tmp_path / "meta_model.pt"))
+    load_network_checked(net, str(tmp_path / "meta_model.pt"), widen_head=True)
+    state = net.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in initial.items())
+    assert all(torch.equal(state[k], v) for k, v in meta.state_dict().items())

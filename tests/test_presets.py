@@ -72,7 +72,9 @@ def test_paper_preset_trains_and_evaluates_end_to_end(tmp_path, tiny_dataset):
         "2",
     )
     state = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
-    tiny_metaseg(head_layers=1, context_radius=0).load_state_dict(state)  # the paper's head at test sizes
+    tiny_metaseg(head_layers=1, context_radius=0, grid_head_channels=None).load_state_dict(
+        state
+    )  # the paper's head at test sizes
     out = tmp_path / "evaluate"
     run_bundle("run", "evaluating", "--config_file", PAPER_EVAL, "--output_dir", str(out), "--fit_steps", "2", *common)
     summary = json.loads((out / "metrics_summary.json").read_text())
@@ -87,8 +89,14 @@ def test_fast_preset_fits_five_steps_from_the_default_initialization():
         inferer.skip_background
         and not _parser(["configs/inference.json"]).get_parsed_content("inferer").skip_background
     )
-    # same network as the default: only the head is trained again, on features of exactly the 5-step fit
-    assert inference.get_parsed_content("network_def").context_radius == 2
+    # same network as the default: only its decoder (the grid head) is trained again, on 5-step fits' features
+    fast_net, default_net = (
+        p.get_parsed_content("network_def") for p in (inference, _parser(["configs/inference.json"]))
+    )
+    assert fast_net.grid_head is not None
+    assert {k: v.shape for k, v in fast_net.state_dict().items()} == {
+        k: v.shape for k, v in default_net.state_dict().items()
+    }
     training = _parser(["configs/train.json", "configs/fast.json", "configs/train_fast.json"])
     assert training.get_parsed_content("meta_model_path").endswith("/models/model.pt")
     assert training["training"] == "@finetune_head" and training.get_parsed_content("train#inferer").fit_steps == 5
@@ -108,8 +116,8 @@ def test_fast_preset_trains_only_the_head_and_evaluates_end_to_end(tmp_path, tin
     for name in ("model.pt", "checkpoint_head.pt"):
         state = torch.load(tmp_path / "models" / name, weights_only=False)
         state = state.get("model", state)
-        assert all(torch.equal(state[k], v) for k, v in init.items() if not k.startswith("head.")), name
-    assert any(not torch.equal(state[k], v) for k, v in init.items() if k.startswith("head."))
+        assert all(torch.equal(state[k], v) for k, v in init.items() if not k.startswith("grid_head.")), name
+    assert any(not torch.equal(state[k], v) for k, v in init.items() if k.startswith("grid_head."))
     out = tmp_path / "evaluate"
     run_bundle("run", "evaluating", "--config_file", FAST_EVAL, "--output_dir", str(out), *common)
     summary = json.loads((out / "metrics_summary.json").read_text())

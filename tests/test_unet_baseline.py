@@ -27,7 +27,7 @@ def test_default_unet_is_the_buda_sized_basic_unet():
     net = parser.get_parsed_content("network_def")
     assert isinstance(net, BasicUNet)
     assert sum(p.numel() for p in net.parameters()) == 7_782_981  # docs/README.md, Buda et al.: ~7.76M
-    assert sum(p.numel() for p in config_metaseg().parameters()) == 953_094  # docs/README.md
+    assert sum(p.numel() for p in config_metaseg().parameters()) == 622_027  # docs/README.md
     with torch.no_grad():
         assert net(torch.rand(1, 1, 64, 64)).shape == (1, 5, 64, 64)
 
