@@ -295,9 +295,9 @@ class MetaSegInferer(Inferer):
         coords = coords.to(fit.coords.device)
         if coords.dim() == 2:
             coords = coords.expand(batch, -1, -1)
-        chunk = self.decode_chunk or coords.shape[1]
         if self._uses_grid_head(net):
             return self._decode_grid_head(fit, net, coords, tuple(int(s) for s in spatial_shape))
+        chunk = self.decode_chunk or coords.shape[1]
         outputs = []
         for c in coords.split(chunk, dim=1):
             intensity, features, _ = net.functional_forward(c, fit.params, with_logits=False)

@@ -36,6 +36,8 @@ class MetaSegINR(nn.Module):
     concatenated. The network stays an implicit function of continuous coordinates; on the ``context_grid`` itself
     the neighbours are grid points, which :class:`scripts.inferer.MetaSegInferer` gathers from one trunk pass instead
     of evaluating the trunk again.
+    An optional convolutional *grid head* (``grid_head_channels``) decodes a whole grid of fitted features instead;
+    when present it is what images are decoded with, and the point-wise head is the meta-training's decoder.
 
     ``forward(coords)`` takes coordinates ``[B, N, spatial_dims]`` in ``[-1, 1]`` and returns ``[B, N, 1 + C]``:
     channel 0 is the intensity, channels ``1..C`` the class logits (images are segmented by the fit-then-decode of
@@ -272,7 +274,8 @@ class MetaSegINR(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Coordinates ``[B, N, spatial_dims]`` -> ``[B, N, out_channels + num_classes]`` (intensity, then logits).
 
-        The network itself, evaluated with its stored weights; this is the path TorchScript exports. Images are
+        The network itself, evaluated with its stored weights; this is the path TorchScript exports. The logits are the
+        point-wise head's: a grid head needs a whole grid of features (:meth:`decode_grid`). Images are
         segmented by the fit-then-decode of :class:`scripts.segmenter.MetaSegSegmenter` (or
         :class:`scripts.inferer.MetaSegInferer` with this network).
         """
