@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import subprocess
@@ -16,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.utils import REPO_ROOT, data_args, run_bundle, run_inference_on_files
+from tests.utils import REPO_ROOT, bundle_env, data_args, run_bundle, run_inference_on_files
 
 pytestmark = pytest.mark.usefixtures("bundle_unchanged")  # nothing of the bundle changes
 
@@ -60,7 +59,7 @@ def _train(tiny_dataset: tuple[Path, Path], work: Path, *extra: str, **epochs: i
 def _kill_when(tiny_dataset: tuple[Path, Path], work: Path, checkpoint: str, timeout: float = 300.0) -> str:
     """Start training, SIGKILL it as soon as ``models/<checkpoint>`` appears; return its log."""
     log = work / "killed.log"
-    env = dict(os.environ, PYTHONWARNINGS="ignore", PYTHONUNBUFFERED="1", OMP_NUM_THREADS="2")
+    env = bundle_env(PYTHONUNBUFFERED="1")  # the thread count of the reference and resumed runs
     with open(log, "w") as f:
         proc = subprocess.Popen(
             [sys.executable, "-m", "monai.bundle", *_training_args(tiny_dataset, work)],

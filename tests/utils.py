@@ -64,9 +64,15 @@ def data_args(dataset_dir: Path, splits_file: Path, ckpt_dir: Path) -> list[str]
     ]
 
 
+def bundle_env(**extra: str) -> dict[str, str]:
+    """The environment of the tests' bundle runs: warnings off and one thread count for all of them (the caller's
+    ``OMP_NUM_THREADS``, else 2), so runs compared bit for bit compute alike on any machine."""
+    return dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"), **extra)
+
+
 def run_bundle(*args: str, check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
     """Run ``python -m monai.bundle <args>`` in the repository root, as a user would."""
-    env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
+    env = bundle_env()
     proc = subprocess.run(
         [sys.executable, "-m", "monai.bundle", *args],
         cwd=REPO_ROOT,
