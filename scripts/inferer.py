@@ -245,12 +245,7 @@ class MetaSegInferer(Inferer):
         coordinates), so the trunk runs once per point instead of once per point and neighbour.
         """
         chunk = self.decode_chunk or fit.coords.shape[1]
-        intensity, features = [], []
-        for c in fit.coords.split(chunk, dim=1):
-            out = net.functional_forward(c, fit.params, with_logits=False)
-            intensity.append(out[0])
-            features.append(out[1])
-        features = torch.cat(features, dim=1)  # [B, N, hidden]
+        intensity, features = self._trunk_pass(fit, net, fit.coords)
         if self.head_bf16:
             # the head's autocast would round the gathered copy to bf16: rounding first gathers half the bytes
             features = features.to(torch.bfloat16)
@@ -267,7 +262,14 @@ class MetaSegInferer(Inferer):
             full[:, points] = logits.float()
             logits = self._mask_background(fit.decode_mask, full, net)
         shape = fit.spatial_shape
-        return unflatten_points(logits, shape), unflatten_points(torch.cat(intensity, dim=1), shape)
+        return unflatten_points(logits, shape), unflatten_points(intensity, shape)
+
+    def _trunk_pass(self, fit: FitResult, net: MetaSegINR, coords: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fitted intensity ``[B, N, 1]`` and trunk features ``[B, N, hidden]`` at ``coords``, ``decode_chunk`` at a
+        time."""
+        chunk = self.decode_chunk or coords.shape[1]
+        outputs = [net.functional_forward(c, fit.params, with_logits=False) for c in coords.split(chunk, dim=1)]
+        return torch.cat([o[0] for o in outputs], dim=1), torch.cat([o[1] for o in outputs], dim=1)
 
     @staticmethod
     def _background_logits(net: MetaSegINR, batch: int, points: int, device: torch.device) -> torch.Tensor:
@@ -321,18 +323,12 @@ class MetaSegInferer(Inferer):
                 f"the grid head decodes the fitted grid {fit.spatial_shape} or an integer multiple of it, "
                 f"got {spatial_shape}."
             )
-        chunk = self.decode_chunk or coords.shape[1]
-        intensity, features = [], []
-        for c in coords.split(chunk, dim=1):
-            out = net.functional_forward(c, fit.params, with_logits=False)
-            intensity.append(out[0])
-            features.append(out[1])
-        features = torch.cat(features, dim=1)  # [B, N, hidden]
+        intensity, features = self._trunk_pass(fit, net, coords)
         with torch.autocast(features.device.type, dtype=torch.bfloat16, enabled=self.head_bf16):
             logits = net.decode_grid(features, spatial_shape, scale).float()
         if fit.decode_mask is not None and scale == 1:
             logits = self._mask_background(fit.decode_mask, logits, net)
-        return unflatten_points(logits, spatial_shape), unflatten_points(torch.cat(intensity, dim=1), spatial_shape)
+        return unflatten_points(logits, spatial_shape), unflatten_points(intensity, spatial_shape)
 
     def _head_logits(self, net: MetaSegINR, head_input: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
         """The head's float32 logits, its matrix products in bfloat16 with ``head_bf16``."""
