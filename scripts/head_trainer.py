@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-from monai.utils import convert_to_tensor
+from monai.utils import convert_to_tensor, ensure_tuple_rep
 
 from .fitting import batch_coordinate_grid, flatten_image, gather_points, grid_neighbour_index, sample_points
 from .inferer import FitResult, MetaSegInferer
@@ -49,7 +49,9 @@ class HeadFineTuneTrainer(PointLossTrainer):
     ``num_points`` random pixels per image (``None``: all) enter each loss. A head with neighbourhood context reads
     the neighbours' features from one trunk pass over the fitted grid (cached with the fit), as the inferer decodes,
     instead of evaluating the trunk again at every neighbour of every point. A grid head decodes the whole fitted grid
-    and its loss takes every pixel (``num_points`` applies to point-wise heads).
+    and its loss takes every pixel (``num_points`` applies to point-wise heads), or, with ``grid_crop`` (an int or
+    one size per spatial dim), one random window of that size of each image's fitted feature map per iteration:
+    the convolutions then cost a fraction of a whole grid's, and each epoch sees the images in new windows.
     """
 
     def __init__(
@@ -64,6 +66,7 @@ class HeadFineTuneTrainer(PointLossTrainer):
         num_points: int | None = None,
         cache_fits: bool = True,
         fit_cache: FitCache | None = None,
+        grid_crop: int | Sequence[int] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(
@@ -90,6 +93,9 @@ class HeadFineTuneTrainer(PointLossTrainer):
         self.num_points = num_points
         self.cache_fits = cache_fits
         self.fit_cache = FitCache() if fit_cache is None else fit_cache
+        self.grid_crop = None if grid_crop is None else ensure_tuple_rep(grid_crop, net.spatial_dims)
+        if self.grid_crop is not None and min(self.grid_crop) < 1:
+            raise ValueError(f"grid_crop must be positive window sizes, got {grid_crop}.")
 
     def _cache_names(self, inputs: torch.Tensor) -> list[str] | None:
         """The batch's file names, under which its fits are cached (``None``: not cached)."""
@@ -125,6 +131,25 @@ class HeadFineTuneTrainer(PointLossTrainer):
             cached[n] = features[i]
         return features
 
+    def _grid_window(
+        self, features: torch.Tensor, label: torch.Tensor, spatial_shape: Sequence[int]
+    ) -> tuple[torch.Tensor, torch.Tensor, tuple[int, ...]]:
+        """Features ``[B, N, hidden]`` and labels ``[B, N, 1]`` of the whole grid, or of one random ``grid_crop``
+        window per image (at most the grid's size), with the window's spatial shape."""
+        shape = tuple(int(s) for s in spatial_shape)
+        if self.grid_crop is None:
+            return features, label, shape
+        size = tuple(min(c, s) for c, s in zip(self.grid_crop, shape))
+        maps = [x.reshape(x.shape[0], *shape, x.shape[-1]) for x in (features, label)]
+        windows: tuple[list[torch.Tensor], list[torch.Tensor]] = ([], [])
+        for i in range(features.shape[0]):
+            corner = [int(torch.randint(0, s - c + 1, ())) for s, c in zip(shape, size)]
+            window = (i, *(slice(a, a + c) for a, c in zip(corner, size)))
+            for picked, x in zip(windows, maps):
+                picked.append(x[window])
+        features, label = (torch.stack(picked).flatten(1, -2) for picked in windows)
+        return features, label, size
+
     @torch.no_grad()
     def _head_input(
         self, fit: FitResult, net: MetaSegINR, index: torch.Tensor | None, names: list[str] | None
@@ -146,7 +171,8 @@ class HeadFineTuneTrainer(PointLossTrainer):
         names = self._cache_names(inputs)
         label = flatten_image(convert_to_tensor(targets, track_meta=False).long())
         if net.grid_head is not None:
-            logits = net.decode_grid(self._grid_features(fit, net, names), fit.spatial_shape)
+            features, label, shape = self._grid_window(self._grid_features(fit, net, names), label, fit.spatial_shape)
+            logits = net.decode_grid(features, shape)
             return self.loss_function(logits.transpose(1, 2), label.transpose(1, 2)), {}
         index = sample_points(fit.coords.shape[1], self.num_points, inputs.shape[0], inputs.device)
         logits = net.decode(self._head_input(fit, net, index, names))

@@ -17,7 +17,7 @@ def _trainer(net) -> HeadFineTuneTrainer:
     return _trainer_with(net, torch.optim.Adam(net.decoder_parameters()))
 
 
-def _trainer_with(net, optimizer: torch.optim.Optimizer) -> HeadFineTuneTrainer:
+def _trainer_with(net, optimizer: torch.optim.Optimizer, **kwargs) -> HeadFineTuneTrainer:
     return HeadFineTuneTrainer(
         device="cpu",
         max_epochs=1,
@@ -26,6 +26,7 @@ def _trainer_with(net, optimizer: torch.optim.Optimizer) -> HeadFineTuneTrainer:
         optimizer=optimizer,
         loss_function=DiceFocalLoss(softmax=True, to_onehot_y=True),
         inferer=MetaSegInferer(fit_steps=1, fit_points=None, fit_bf16=False),
+        **kwargs,
     )
 
 
@@ -77,3 +78,37 @@ def test_grid_head_is_trained_on_the_whole_fitted_grid():
     trainer.optimizer.step()
     changed = {k for k, v in net.state_dict().items() if not torch.equal(v, before[k])}
     assert changed and all(k.startswith("grid_head.") for k in changed)
+
+
+def test_grid_crop_takes_one_aligned_random_window_per_image():
+    """With ``grid_crop`` each image's loss reads one random window, its features and labels from the same pixels."""
+    net = tiny_metaseg(context_grid=(16, 16))
+    trainer = _trainer_with(net, torch.optim.Adam(net.decoder_parameters()), grid_crop=8)
+    with pytest.raises(ValueError, match="grid_crop"):
+        _trainer_with(net, torch.optim.Adam(net.decoder_parameters()), grid_crop=0)
+    pixel = torch.arange(256.0).reshape(1, 256, 1).expand(2, -1, -1)
+    features = torch.cat([pixel, torch.rand(2, 256, 3)], dim=-1)
+    label = (pixel.long() % 5) + torch.tensor([0, 5]).reshape(2, 1, 1)  # which image: +5 on the second
+    corners = set()
+    for _ in range(20):
+        window, window_label, shape = trainer._grid_window(features, label, (16, 16))
+        assert shape == (8, 8) and window.shape == (2, 64, 4) and window_label.shape == (2, 64, 1)
+        index = window[..., 0].long()
+        rows = index.reshape(2, 8, 8)
+        assert torch.all(rows.diff(dim=1) == 16) and torch.all(rows.diff(dim=2) == 1)  # a contiguous 8x8 window
+        assert torch.equal(window_label.squeeze(-1), index % 5 + torch.tensor([[0], [5]]))
+        corners.update(int(i) for i in index[:, 0])
+    assert len(corners) > 5  # new windows at every call
+    whole = _trainer_with(net, torch.optim.Adam(net.decoder_parameters()), grid_crop=(32, 32))
+    full, full_label, shape = whole._grid_window(features, label, (16, 16))
+    assert shape == (16, 16) and torch.equal(full, features) and torch.equal(full_label, label)
+
+
+def test_grid_crop_loss_trains_the_grid_head():
+    net = tiny_metaseg(context_grid=(16, 16))
+    trainer = _trainer_with(net, torch.optim.Adam(net.decoder_parameters()), grid_crop=(8, 8))
+    images = MetaTensor(torch.rand(2, 1, 16, 16), meta={"filename_or_obj": ["a.nii.gz", "b.nii.gz"]})
+    loss, _ = trainer.compute_loss(images, torch.randint(0, 5, (2, 1, 16, 16)), net)
+    assert torch.isfinite(loss)
+    loss.backward()
+    assert all(p.grad is not None for p in net.grid_head.parameters())
