@@ -41,6 +41,13 @@ read from that preset's ``ckpt_dir`` (``--ckpt_dir`` still overrides both models
 
     python -m benchmarks.robustness --models metaseg --preset fast.json
 
+``--spatial_dims 3`` runs the same rows on volumes: MetaSeg's 3D configs (``3d.json``, ``evaluate_3d.json``, weights in
+``models/3d/``) against the SegResNet baseline (``train_segresnet.json``, ``evaluate_segresnet.json``) on the 3D demo
+test split. The perturbations act on the whole loaded volume, before the normalization and the crop to the brain;
+the rotations turn about the first axis (``Rotated``'s first angle) and the flip is along the first axis::
+
+    python -m benchmarks.robustness --spatial_dims 3 --num_images 5
+
 ``--set KEY=VALUE`` (repeatable) overrides a config id (value parsed as JSON, else kept as a string) in each selected
 model's config that defines that id, e.g. ``--set fit_steps=20`` (MetaSeg only) or ``--set device=cpu`` (both).
 """
@@ -72,24 +79,54 @@ NORMALIZE = "[@normalize_intensity]"
 PERTURBATION = "perturbation"
 WEIGHTS = "robustness_weights_file"
 
-# the two workflows: config files, the evaluator id, the datalist id, the weights file (config expression)
-MODELS: dict[str, dict[str, Any]] = {
-    "metaseg": {
-        "name": "MetaSeg",
-        "config_files": ["inference.json", "evaluate.json"],
-        "evaluator": "evaluator",
-        "data": "dataset#data",
-        "weights": "$@ckpt_dir + '/model.pt'",
-        "command": "python -m monai.bundle run training --config_file configs/train.json",
+# the two workflows per spatial_dims: config files, the evaluator id, the datalist id, the weights file (config
+# expression), the training command named when the weights are missing
+MODELS: dict[int, dict[str, dict[str, Any]]] = {
+    2: {
+        "metaseg": {
+            "name": "MetaSeg",
+            "config_files": ["inference.json", "evaluate.json"],
+            "evaluator": "evaluator",
+            "data": "dataset#data",
+            "weights": "$@ckpt_dir + '/model.pt'",
+            "command": "python -m monai.bundle run training --config_file configs/train.json",
+        },
+        "unet": {
+            "name": "U-Net",
+            "config_files": ["train.json", "train_unet.json", "evaluate_unet.json"],
+            "evaluator": "validate#evaluator",
+            "data": "validate#dataset#data",
+            "weights": "$@ckpt_dir + '/' + @ckpt_name + '.pt'",
+            "command": "python -m monai.bundle run training --config_file "
+            "\"['configs/train.json','configs/train_unet.json']\"",
+        },
     },
-    "unet": {
-        "name": "U-Net",
-        "config_files": ["train.json", "train_unet.json", "evaluate_unet.json"],
-        "evaluator": "validate#evaluator",
-        "data": "validate#dataset#data",
-        "weights": "$@ckpt_dir + '/' + @ckpt_name + '.pt'",
-        "command": "python -m monai.bundle run training --config_file "
-        "\"['configs/train.json','configs/train_unet.json']\"",
+    3: {
+        "metaseg": {
+            "name": "MetaSeg",
+            "config_files": ["inference.json", "evaluate.json", "3d.json", "evaluate_3d.json"],
+            "evaluator": "evaluator",
+            "data": "dataset#data",
+            "weights": "$@ckpt_dir + '/model.pt'",
+            "command": "python -m monai.bundle run training --config_file "
+            "\"['configs/train.json','configs/3d.json','configs/train_3d.json']\"",
+        },
+        "segresnet": {
+            "name": "SegResNet",
+            "config_files": [
+                "train.json",
+                "train_unet.json",
+                "3d.json",
+                "train_segresnet.json",
+                "evaluate_unet.json",
+                "evaluate_segresnet.json",
+            ],
+            "evaluator": "validate#evaluator",
+            "data": "validate#dataset#data",
+            "weights": "$@ckpt_dir + '/' + @ckpt_name + '.pt'",
+            "command": "python -m monai.bundle run training --config_file "
+            "\"['configs/train.json','configs/train_unet.json','configs/3d.json','configs/train_segresnet.json']\"",
+        },
     },
 }
 
@@ -174,7 +211,7 @@ def parse_sets(items: list[str]) -> dict[str, Any]:
 def build_parser(model: str, args: argparse.Namespace, sets: dict[str, Any], output_dir: str) -> ConfigParser:
     """The model's evaluation config with the benchmark's overrides (no perturbation yet)."""
     parser = ConfigParser()
-    files = MODELS[model]["config_files"] + (args.preset if model == "metaseg" else [])
+    files = MODELS[args.spatial_dims][model]["config_files"] + (args.preset if model == "metaseg" else [])
     parser.read_config([str(REPO_ROOT / "configs" / f) for f in files])
     parser["bundle_root"] = str(REPO_ROOT)
     parser["output_dir"] = output_dir
@@ -191,8 +228,9 @@ def build_parser(model: str, args: argparse.Namespace, sets: dict[str, Any], out
     return parser
 
 
-def perturb(parser: ConfigParser, model: str, transforms: list[dict], split: str | None, num_images: int | None):
-    """Insert ``transforms`` before the normalization, select ``split`` and keep the first ``num_images``."""
+def perturb(parser: ConfigParser, data_id: str, transforms: list[dict], split: str | None, num_images: int | None):
+    """Insert ``transforms`` before the normalization, select ``split`` and keep the first ``num_images`` of the
+    datalist ``data_id``."""
     pipeline = parser[PREPROCESSING]
     if not isinstance(pipeline, str) or NORMALIZE not in pipeline:
         raise ValueError(f"{PREPROCESSING} no longer contains {NORMALIZE}: {pipeline!r}; update this benchmark.")
@@ -201,7 +239,6 @@ def perturb(parser: ConfigParser, model: str, transforms: list[dict], split: str
     if split is not None:
         parser["split"] = split
     if num_images is not None:
-        data_id = MODELS[model]["data"]
         expr = parser[data_id]
         if not (isinstance(expr, str) and expr.startswith("$")):
             raise ValueError(f"{data_id} is not an expression: {expr!r}; update this benchmark.")
@@ -221,10 +258,10 @@ def evaluate(
     """Mean foreground Dice of ``model`` on the (perturbed) split, and the number of images."""
     with tempfile.TemporaryDirectory(prefix="robustness-") as output_dir:
         parser = build_parser(model, args, sets, output_dir)
-        perturb(parser, model, transforms, split, args.num_images)
+        perturb(parser, MODELS[args.spatial_dims][model]["data"], transforms, split, args.num_images)
         seed = int(parser.get_parsed_content("seed"))
         set_determinism(seed=seed)
-        evaluator = parser.get_parsed_content(MODELS[model]["evaluator"])
+        evaluator = parser.get_parsed_content(MODELS[args.spatial_dims][model]["evaluator"])
         seed_random(parser.get_parsed_content(PERTURBATION), seed)
         evaluator.run()
         dice = float(evaluator.state.metrics["mean_dice"])
@@ -240,8 +277,9 @@ def prepare(model: str, args: argparse.Namespace, sets: dict[str, Any]) -> None:
     ``dataset_root``, which calls ``scripts.demo_data.dataset_folder``; a no-op once they exist)."""
     with tempfile.TemporaryDirectory(prefix="robustness-") as output_dir:
         parser = build_parser(model, args, sets, output_dir)
-        parser[WEIGHTS] = MODELS[model]["weights"]
-        require_weights(parser.get_parsed_content(WEIGHTS), MODELS[model]["name"], MODELS[model]["command"])
+        spec = MODELS[args.spatial_dims][model]
+        parser[WEIGHTS] = spec["weights"]
+        require_weights(parser.get_parsed_content(WEIGHTS), spec["name"], spec["command"])
         parser.get_parsed_content("dataset_root")
 
 
@@ -250,12 +288,13 @@ def measure_bias_field(args: argparse.Namespace, sets: dict[str, Any], model: st
     with tempfile.TemporaryDirectory(prefix="robustness-") as output_dir:
         parser = build_parser(model, args, sets, output_dir)
         transforms = dict((name, t) for name, t, _ in ROWS)[BIAS_ROW]
-        perturb(parser, model, transforms, None, 1)
+        data_id = MODELS[args.spatial_dims][model]["data"]
+        perturb(parser, data_id, transforms, None, 1)
         seed = int(parser.get_parsed_content("seed"))
         load = Compose(parser.get_parsed_content("load_transforms"))
         bias = Compose(parser.get_parsed_content(PERTURBATION))
         bias.set_random_state(seed=seed)
-        item = load(parser.get_parsed_content(MODELS[model]["data"])[0])
+        item = load(parser.get_parsed_content(data_id)[0])
         raw = torch.as_tensor(item["image"]).float()
         field = torch.as_tensor(bias(dict(item))["image"]).float() / raw.clamp_min(1e-12)
         brain = raw > brain_threshold(raw.flatten())  # the brain as the normalization finds it
@@ -268,8 +307,10 @@ def fmt(x: float) -> str:
     return f"{x:.4f}" if round(x, 4) != 0 else "0.0000"
 
 
-def markdown_table(rows: list[dict], models: list[str]) -> str:
-    head = "| perturbation |" + "".join(f" {MODELS[m]['name']} Dice | drop |" for m in models)
+def markdown_table(rows: list[dict], names: dict[str, str]) -> str:
+    """The rows as a markdown table: each model's (``names``: key -> display name) Dice and drop from clean."""
+    models = list(names)
+    head = "| perturbation |" + "".join(f" {names[m]} Dice | drop |" for m in models)
     lines = [head, "|---|" + "---:|---:|" * len(models)]
     for row in rows:
         cells = "".join(f" {fmt(row[m]['dice'])} | {fmt(row[m]['drop'])} |" for m in models)
@@ -293,12 +334,27 @@ def main(argv: list[str] | None = None) -> dict:
         metavar="NAME",
         help="perturbation rows to run, by name (default: all; 'clean' always runs first)",
     )
-    ap.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS), help="models to evaluate")
+    ap.add_argument(
+        "--spatial_dims",
+        type=int,
+        choices=sorted(MODELS),
+        default=2,
+        help="2: MetaSeg and the U-Net on slices; 3: the 3D configs (3d.json), MetaSeg and SegResNet on volumes",
+    )
+    ap.add_argument(
+        "--models",
+        nargs="+",
+        choices=sorted({m for specs in MODELS.values() for m in specs}),
+        default=None,
+        help="models to evaluate (default: both of --spatial_dims; 2D: metaseg unet, 3D: metaseg segresnet)",
+    )
     ap.add_argument("--output", default=None, help="JSON file for the results (optional)")
     ap.add_argument("--dataset_dir", default=None, help="dataset folder (default: the configs' demo data)")
     ap.add_argument("--splits_file", default=None, help="splits JSON (default: as the configs derive it)")
     ap.add_argument(
-        "--ckpt_dir", default=None, help="folder of model.pt and unet.pt (default: the configs' own, models/)"
+        "--ckpt_dir",
+        default=None,
+        help="folder of the models' weights (default: the configs' own, models/ or models/3d/)",
     )
     ap.add_argument(
         "--preset",
@@ -324,7 +380,12 @@ def main(argv: list[str] | None = None) -> dict:
     if unknown_rows:
         ap.error(f"--rows: unknown rows {unknown_rows}; choose from {names}")
     selected = [r for r in ROWS if args.rows is None or r[0] == "clean" or r[0] in args.rows]
-    models = list(dict.fromkeys(args.models))
+    specs = MODELS[args.spatial_dims]
+    models = list(dict.fromkeys(args.models or specs))
+    foreign = [m for m in models if m not in specs]
+    if foreign:
+        ap.error(f"--models {foreign} not available with --spatial_dims {args.spatial_dims}; choose from {list(specs)}")
+    model_names = {m: specs[m]["name"] for m in models}
     try:
         sets = parse_sets(args.sets)
     except ValueError as e:
@@ -353,7 +414,7 @@ def main(argv: list[str] | None = None) -> dict:
         for m in models:
             dice, count = evaluate(m, args, sets, transforms, split)
             row[m] = {"dice": dice, "num_images": count}
-            print(f"{name:>20s}  {MODELS[m]['name']:>8s}  Dice {dice:.4f}  ({count} images)", flush=True)
+            print(f"{name:>20s}  {model_names[m]:>9s}  Dice {dice:.4f}  ({count} images)", flush=True)
         rows.append(row)
     for row in rows:
         for m in models:
@@ -361,11 +422,12 @@ def main(argv: list[str] | None = None) -> dict:
 
     command = shlex.join(["python", "-m", "benchmarks.robustness", *(sys.argv[1:] if argv is None else argv)])
     print()
-    print(markdown_table(rows, models))
+    print(markdown_table(rows, model_names))
     print()
     print(f"command: {command}")
     result = {
-        "models": {m: MODELS[m]["name"] for m in models},
+        "models": model_names,
+        "spatial_dims": args.spatial_dims,
         "rows": rows,
         "bias_field_max_min": field["bias_field_max_min"],
         "brain_p75_first_image": field["brain_p75"],

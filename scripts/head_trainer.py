@@ -17,7 +17,8 @@ __all__ = ["FitCache", "HeadFineTuneTrainer"]
 
 
 class FitCache:
-    """Fitted trunk weights and label maps of training images by file name, plus their grid features (derived).
+    """Fitted trunk weights and label maps of training images by file name, plus their grid features (derived; used by
+    point-wise heads with neighbourhood context).
 
     Part of the head stage's checkpoint (``state_dict``), so that a resumed fine-tune decodes the very fits, and label
     maps, of the images' first epoch, as the uninterrupted run does: re-fitting after a resume would see that epoch's
@@ -50,8 +51,10 @@ class HeadFineTuneTrainer(PointLossTrainer):
     the neighbours' features from one trunk pass over the fitted grid (cached with the fit), as the inferer decodes,
     instead of evaluating the trunk again at every neighbour of every point. A grid head decodes the whole fitted grid
     and its loss takes every pixel (``num_points`` applies to point-wise heads), or, with ``grid_crop`` (an int or
-    one size per spatial dim), one random window of that size of each image's fitted feature map per iteration:
-    the convolutions then cost a fraction of a whole grid's, and each epoch sees the images in new windows.
+    one size per spatial dim), one random window of that size of each image's fitted grid per iteration: the
+    convolutions then cost a fraction of a whole grid's, and each epoch sees the images in new windows. The grid
+    head's features are evaluated from the cached fitted weights at the window's coordinates every iteration (a
+    trunk pass costs little beside the convolutions) rather than kept: a 3D volume's would take ~0.3 GB.
     """
 
     def __init__(
@@ -132,23 +135,23 @@ class HeadFineTuneTrainer(PointLossTrainer):
         return features
 
     def _grid_window(
-        self, features: torch.Tensor, label: torch.Tensor, spatial_shape: Sequence[int]
+        self, points: torch.Tensor, label: torch.Tensor, spatial_shape: Sequence[int]
     ) -> tuple[torch.Tensor, torch.Tensor, tuple[int, ...]]:
-        """Features ``[B, N, hidden]`` and labels ``[B, N, 1]`` of the whole grid, or of one random ``grid_crop``
-        window per image (at most the grid's size), with the window's spatial shape."""
+        """Per-point values ``[B, N, c]`` (coordinates or features) and labels ``[B, N, 1]`` of the whole grid, or of
+        one random ``grid_crop`` window per image (at most the grid's size), with the window's spatial shape."""
         shape = tuple(int(s) for s in spatial_shape)
         if self.grid_crop is None:
-            return features, label, shape
+            return points, label, shape
         size = tuple(min(c, s) for c, s in zip(self.grid_crop, shape))
-        maps = [x.reshape(x.shape[0], *shape, x.shape[-1]) for x in (features, label)]
+        maps = [x.reshape(x.shape[0], *shape, x.shape[-1]) for x in (points, label)]
         windows: tuple[list[torch.Tensor], list[torch.Tensor]] = ([], [])
-        for i in range(features.shape[0]):
+        for i in range(points.shape[0]):
             corner = [int(torch.randint(0, s - c + 1, ())) for s, c in zip(shape, size)]
             window = (i, *(slice(a, a + c) for a, c in zip(corner, size)))
             for picked, x in zip(windows, maps):
                 picked.append(x[window])
-        features, label = (torch.stack(picked).flatten(1, -2) for picked in windows)
-        return features, label, size
+        points, label = (torch.stack(picked).flatten(1, -2) for picked in windows)
+        return points, label, size
 
     @torch.no_grad()
     def _head_input(
@@ -171,7 +174,9 @@ class HeadFineTuneTrainer(PointLossTrainer):
         names = self._cache_names(inputs)
         label = flatten_image(convert_to_tensor(targets, track_meta=False).long())
         if net.grid_head is not None:
-            features, label, shape = self._grid_window(self._grid_features(fit, net, names), label, fit.spatial_shape)
+            coords, label, shape = self._grid_window(fit.coords, label, fit.spatial_shape)
+            with torch.no_grad():
+                features = net.trunk_features(coords, fit.params)
             logits = net.decode_grid(features, shape)
             return self.loss_function(logits.transpose(1, 2), label.transpose(1, 2)), {}
         index = sample_points(fit.coords.shape[1], self.num_points, inputs.shape[0], inputs.device)

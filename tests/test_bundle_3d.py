@@ -50,7 +50,7 @@ def tiny_volumes(tmp_path_factory) -> tuple[Path, Path]:
         nib.save(nib.Nifti1Image(img[:, :, 13:14], AFFINE), str(root / name / "slice_norm.nii.gz"))
         nib.save(nib.Nifti1Image(seg[:, :, 13:14], AFFINE), str(root / name / "slice_seg4.nii.gz"))
     splits = root / "splits.json"
-    splits.write_text(json.dumps({"train": names[:3], "val": names[3:4], "test": names[4:]}))
+    splits.write_text(json.dumps({"train": names[:3], "val": names[3:4], "test": names[4:], "test_shifted": names[5:]}))
     return root, splits
 
 
@@ -238,7 +238,9 @@ def test_3d_compare_reports_metaseg_against_segresnet(trained_3d, segresnet_trai
     assert result["baseline_name"] == "SegResNet" and result["image_shape"] == [16, 16, 20]
     assert result["fit_steps_sweep_images"] == 1 and [r["fit_steps"] for r in result["fit_steps_sweep"]] == [1, 2]
     assert result["num_images"] == 2 and 0.0 <= result["baseline"]["metrics"]["mean_dice"] <= 1.0
+    assert list(result["extra_splits"]) == ["test_shifted"]  # compare_3d.json keeps compare.json's shifted split
     text = (report / "results_3d.md").read_text()
+    assert "| `test_shifted` | 1 |" in text
     assert text.startswith("# MetaSeg vs SegResNet: results") and "configs/compare_3d.json" in text
     assert text.count("| | MetaSeg | SegResNet |") == 2 and "parameter ratio MetaSeg / SegResNet" in text
     assert "16x16x20 input grid" in text and "seconds per volume" in text and "segresnet_train_time.json" in text

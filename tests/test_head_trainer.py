@@ -61,7 +61,7 @@ def test_neighbour_features_come_from_one_cached_trunk_pass():
 
 
 def test_grid_head_is_trained_on_the_whole_fitted_grid():
-    """With a grid head, the loss decodes every pixel of the cached grid features, and only the grid head learns."""
+    """With a grid head, the loss decodes every pixel of the fitted grid, and only the grid head learns."""
     net = tiny_metaseg(context_grid=(16, 16))
     trainer = _trainer(net)
     with pytest.raises(ValueError, match="grid_head"):
@@ -104,11 +104,24 @@ def test_grid_crop_takes_one_aligned_random_window_per_image():
     assert shape == (16, 16) and torch.equal(full, features) and torch.equal(full_label, label)
 
 
-def test_grid_crop_loss_trains_the_grid_head():
-    net = tiny_metaseg(context_grid=(16, 16))
-    trainer = _trainer_with(net, torch.optim.Adam(net.decoder_parameters()), grid_crop=(8, 8))
-    images = MetaTensor(torch.rand(2, 1, 16, 16), meta={"filename_or_obj": ["a.nii.gz", "b.nii.gz"]})
-    loss, _ = trainer.compute_loss(images, torch.randint(0, 5, (2, 1, 16, 16)), net)
-    assert torch.isfinite(loss)
+@pytest.mark.parametrize("shape", [(16, 16), (8, 10, 12)])
+def test_grid_crop_loss_trains_the_grid_head(shape):
+    """The window's loss decodes the window of the whole fitted grid's features (evaluated there, not kept)."""
+    net = tiny_metaseg(spatial_dims=len(shape), context_grid=shape)
+    trainer = _trainer_with(net, torch.optim.Adam(net.decoder_parameters()), grid_crop=6)
+    images = MetaTensor(torch.rand(2, 1, *shape), meta={"filename_or_obj": ["a.nii.gz", "b.nii.gz"]})
+    labels = torch.randint(0, 5, (2, 1, *shape))
+    trainer._fitted_params(images, labels, net)  # fit and cache first, so that both losses draw the same windows
+    torch.manual_seed(3)
+    loss, _ = trainer.compute_loss(images, labels, net)
+    assert torch.isfinite(loss) and not trainer.fit_cache.features
+    fit, _ = trainer._fitted_params(images, labels, net)
+    torch.manual_seed(3)
+    features, window_label, window = trainer._grid_window(
+        net.trunk_features(fit.coords, fit.params), labels.flatten(2).transpose(1, 2), shape
+    )
+    assert window == (6,) * len(shape)
+    expected = trainer.loss_function(net.decode_grid(features, window).transpose(1, 2), window_label.transpose(1, 2))
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
     loss.backward()
     assert all(p.grad is not None for p in net.grid_head.parameters())

@@ -145,3 +145,43 @@ def test_robustness_benchmark_runs_a_preset_with_its_own_weights(tiny_setup, tmp
     missing.write_text(json.dumps({"ckpt_dir": str(tmp_path / "gone")}))
     proc = run_script(tmp_path, *args, "--models", "metaseg", "--preset", str(missing))
     assert proc.returncode != 0 and str(tmp_path / "gone" / "model.pt") in proc.stderr
+
+
+def _save_config_network(files: list[str], overrides: dict, path: Path) -> None:
+    """Seeded random weights of the ``network_def`` of the bundle ``files`` (``configs/``) with ``overrides``."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([str(REPO_ROOT / "configs" / f) for f in files])
+    parser.update(overrides)
+    torch.manual_seed(0)
+    torch.save(parser.get_parsed_content("network_def").state_dict(), path)
+
+
+def test_robustness_benchmark_3d_rows_metaseg_against_segresnet(tmp_path):
+    """``--spatial_dims 3``: MetaSeg's 3D configs against SegResNet on demo volumes, perturbed before the crop."""
+    root = tmp_path / "data"
+    splits = prepare_demo_data(
+        str(root), num_train=1, num_val=1, num_test=1, num_test_shifted=1, seed=2, spatial_dims=3
+    )
+    models = tmp_path / "models"
+    models.mkdir()
+    size = {"image_size": [16, 16, 20]}
+    tiny = {k.lstrip("-"): int(v) for k, v in zip(TINY_NET[::2], TINY_NET[1::2])}
+    _save_config_network(["inference.json", "3d.json"], {**size, **tiny}, models / "model.pt")
+    segresnet = ["train.json", "train_unet.json", "3d.json", "train_segresnet.json"]
+    _save_config_network(segresnet, size, models / "segresnet.pt")
+    output = tmp_path / "robustness_3d.json"
+    args = ["--dataset_dir", str(root), "--splits_file", splits, "--ckpt_dir", str(models), *TINY_METASEG]
+    args += ["--set", "image_size=[16,16,20]", "--set", "fit_steps=2", "--set", "fit_points=512"]
+    rows = ["rotation +10 deg", "left-right flip", "test_shifted split"]
+    proc = run_script(tmp_path, "--spatial_dims", "3", *args, "--rows", *rows, "--output", str(output))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    result = json.loads(output.read_text())
+    assert result["spatial_dims"] == 3 and result["models"] == {"metaseg": "MetaSeg", "segresnet": "SegResNet"}
+    assert [row["perturbation"] for row in result["rows"]] == ["clean", *rows]
+    for row in result["rows"]:
+        assert all(0.0 <= row[m]["dice"] <= 1.0 and row[m]["num_images"] == 1 for m in ("metaseg", "segresnet"))
+    assert "| perturbation | MetaSeg Dice | drop | SegResNet Dice | drop |" in proc.stdout.splitlines()
+    proc = run_script(tmp_path, "--spatial_dims", "3", *args, "--models", "unet")
+    assert proc.returncode == 2 and "not available with --spatial_dims 3" in proc.stderr, proc.stderr[-2000:]
