@@ -284,3 +284,20 @@ def test_inner_points_must_be_positive():
             FocalLoss(use_softmax=True, to_onehot_y=True),
             inner_points=0,
         )
+
+
+@pytest.mark.parametrize("config", [TRAIN_3D, SEGRESNET])
+def test_3d_training_augments_after_the_cached_crop_and_resize(config):
+    """3D training pipelines crop and resize first (cached once per volume), then augment: the random transforms
+    act on the 80x80x100 grid each epoch, not on the whole 160x192x224 volume before the crop."""
+    from monai.bundle import ConfigParser
+    from monai.transforms import Randomizable
+
+    parser = ConfigParser()
+    parser.read_config([str(REPO_ROOT / f) for f in ast.literal_eval(config)])
+    transforms = parser.get_parsed_content("train#dataset#transform").transforms
+    first_random = next(i for i, t in enumerate(transforms) if isinstance(t, Randomizable))
+    cached = [type(t).__name__ for t in transforms[:first_random]]
+    assert cached[-2:] == ["CropForegroundd", "Resized"] and "NormalizeBrainIntensityd" in cached
+    augmented = {type(t).__name__ for t in transforms[first_random:]}
+    assert {"RandAdjustContrastd", "RandBiasFieldd", "RandGaussianNoised", "RandRotated", "RandFlipd"} <= augmented
