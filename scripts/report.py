@@ -170,6 +170,12 @@ def _mem(m: dict) -> str:
     return f"{peak:,.0f} MiB (start {m.get('start_rss_mib', 0):,.0f} MiB){note}"
 
 
+def _fewer_or_more(n_ms: int, n_base: int) -> str:
+    """MetaSeg's parameter count relative to the baseline's, e.g. ``52.8% fewer`` or ``11.9% more``."""
+    change = 100 * (n_ms / n_base - 1)
+    return f"{abs(change):.1f}% {'more' if change > 0 else 'fewer'}"
+
+
 def _summary_line(ms: dict, base: dict, name: str) -> str:
     a, b = ms["metrics"]["mean_dice"], base["metrics"]["mean_dice"]
     n_ms, n_base = ms.get("num_parameters"), base.get("num_parameters")
@@ -178,9 +184,7 @@ def _summary_line(ms: dict, base: dict, name: str) -> str:
         f"{ms['metrics']['mean_dice_with_background']:.3f} vs {base['metrics']['mean_dice_with_background']:.3f}."
     )
     if n_ms and n_base:
-        text += (
-            f" MetaSeg has {n_ms:,} parameters, {100 * (1 - n_ms / n_base):.1f}% fewer than the {name}'s {n_base:,}."
-        )
+        text += f" MetaSeg has {n_ms:,} parameters, {_fewer_or_more(n_ms, n_base)} than the {name}'s {n_base:,}."
     return text
 
 
@@ -234,7 +238,7 @@ def _accuracy(r: dict) -> list[str]:
 def _cost(r: dict, unit: str) -> list[str]:
     ms, base, name = r["metaseg"], r["baseline"], r["baseline_name"]
     n_ms, n_base = ms.get("num_parameters"), base.get("num_parameters")
-    ratio = f"{n_ms / n_base:.4f} ({100 * (1 - n_ms / n_base):.1f}% fewer)" if n_ms and n_base else "-"
+    ratio = f"{n_ms / n_base:.4f} ({_fewer_or_more(n_ms, n_base)})" if n_ms and n_base else "-"
     return [
         "## Cost",
         "",

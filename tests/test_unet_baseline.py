@@ -191,3 +191,11 @@ def test_compare_without_unet_weights_names_the_file_and_the_command(tiny_datase
     assert f"U-Net weights not found: {tmp_path / 'none' / 'unet.pt'}" in proc.stderr
     assert f'python -m monai.bundle run training --config_file "{TRAIN_UNET}"' in proc.stderr
     assert not (tmp_path / "report").exists()
+
+
+def test_report_says_fewer_or_more_parameters():
+    """The report's parameter comparison reads right whichever model is larger (the 3D MetaSeg is)."""
+    from scripts.report import _fewer_or_more
+
+    assert _fewer_or_more(83_846, 177_685) == "52.8% fewer"
+    assert _fewer_or_more(198_859, 177_685) == "11.9% more"
