@@ -117,10 +117,11 @@ def test_compare_writes_the_report_and_its_pictures(compared, unet_trained):
     n_unet = sum(p.numel() for p in BasicUNet(2, 1, 5, features=TINY_FEATURES).parameters())
     assert result["metaseg"]["num_parameters"] == n_metaseg and result["baseline"]["num_parameters"] == n_unet
     assert f"| parameters | {n_metaseg:,} | {n_unet:,} |" in text
-    assert f"{n_metaseg / n_unet:.4f} ({100 * (1 - n_metaseg / n_unet):.1f}% fewer)" in text
+    change = f"{abs(100 * (n_metaseg / n_unet - 1)):.1f}% {'more' if n_metaseg > n_unet else 'fewer'}"
+    assert f"{n_metaseg / n_unet:.4f} ({change})" in text
     for name in ("cortex", "subcortical_gm", "white_matter", "csf"):
         assert re.search(rf"\| Dice {name} \| \d\.\d{{3}} \| \d\.\d{{3}} \|", text), name
-    assert f"{100 * (1 - n_metaseg / n_unet):.1f}% fewer than the U-Net's {n_unet:,}." in text
+    assert f"{change} than the U-Net's {n_unet:,}." in text
     assert "| mean Dice including background |" in text and "| PSNR of the fitted reconstruction |" in text
     # training times: MetaSeg given in the config, U-Net read from the JSON its training run wrote
     assert "| training wall time | 30 min 12 s |" in text
