@@ -6,6 +6,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+from ignite.engine import Events
 from monai.utils import convert_to_tensor, ensure_tuple_rep
 
 from .fitting import batch_coordinate_grid, flatten_image, gather_points, grid_neighbour_index, sample_points
@@ -36,6 +37,10 @@ class FitCache:
     def load_state_dict(self, state: dict[str, dict]) -> None:
         self.params, self.labels, self.features = dict(state["params"]), dict(state["labels"]), {}
 
+    def clear(self) -> None:
+        """Forget every fit: the next epoch fits its images again, under that epoch's augmentation."""
+        self.params, self.labels, self.features = {}, {}, {}
+
 
 class HeadFineTuneTrainer(PointLossTrainer):
     """Fine-tunes MetaSeg's head on penultimate features of training images fitted exactly as at inference.
@@ -55,6 +60,11 @@ class HeadFineTuneTrainer(PointLossTrainer):
     convolutions then cost a fraction of a whole grid's, and each epoch sees the images in new windows. The grid
     head's features are evaluated from the cached fitted weights at the window's coordinates every iteration (a
     trunk pass costs little beside the convolutions) rather than kept: a 3D volume's would take ~0.3 GB.
+
+    ``refit_interval`` N (``None``: never) clears the cache at the start of epochs N+1, 2N+1, ...: the images are then
+    fitted again under a new draw of the augmentation, so the head learns from several augmented fits of each
+    training image instead of one, at the cost of one fit of the training set per N epochs. The clearing depends on
+    the epoch number only, so a resumed run refits where the uninterrupted one does.
     """
 
     def __init__(
@@ -70,6 +80,7 @@ class HeadFineTuneTrainer(PointLossTrainer):
         cache_fits: bool = True,
         fit_cache: FitCache | None = None,
         grid_crop: int | Sequence[int] | None = None,
+        refit_interval: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(
@@ -99,6 +110,17 @@ class HeadFineTuneTrainer(PointLossTrainer):
         self.grid_crop = None if grid_crop is None else ensure_tuple_rep(grid_crop, net.spatial_dims)
         if self.grid_crop is not None and min(self.grid_crop) < 1:
             raise ValueError(f"grid_crop must be positive window sizes, got {grid_crop}.")
+        if refit_interval is not None and refit_interval < 1:
+            raise ValueError(f"refit_interval must be a positive number of epochs or None, got {refit_interval}.")
+        self.refit_interval = refit_interval
+        if refit_interval is not None:
+            self.add_event_handler(Events.EPOCH_STARTED, self._refit_due)
+
+    def _refit_due(self, engine: HeadFineTuneTrainer) -> None:
+        """Clear the fit cache at the start of every ``refit_interval``-th epoch after the first."""
+        epoch = engine.state.epoch  # already incremented: the epoch starting now
+        if epoch > 1 and (epoch - 1) % self.refit_interval == 0:
+            self.fit_cache.clear()
 
     def _cache_names(self, inputs: torch.Tensor) -> list[str] | None:
         """The batch's file names, under which its fits are cached (``None``: not cached)."""

@@ -17,11 +17,13 @@ def _trainer(net) -> HeadFineTuneTrainer:
     return _trainer_with(net, torch.optim.Adam(net.decoder_parameters()))
 
 
-def _trainer_with(net, optimizer: torch.optim.Optimizer, **kwargs) -> HeadFineTuneTrainer:
+def _trainer_with(
+    net, optimizer: torch.optim.Optimizer, data: list | None = None, max_epochs: int = 1, **kwargs
+) -> HeadFineTuneTrainer:
     return HeadFineTuneTrainer(
         device="cpu",
-        max_epochs=1,
-        train_data_loader=[],
+        max_epochs=max_epochs,
+        train_data_loader=data or [],
         network=net,
         optimizer=optimizer,
         loss_function=DiceFocalLoss(softmax=True, to_onehot_y=True),
@@ -125,3 +127,22 @@ def test_grid_crop_loss_trains_the_grid_head(shape):
     torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
     loss.backward()
     assert all(p.grad is not None for p in net.grid_head.parameters())
+
+
+def test_refit_interval_fits_the_images_again_every_n_epochs():
+    """``refit_interval`` 2: the images are fitted in epochs 1, 3 and 5 and decoded from the cache in between."""
+    net = tiny_metaseg(context_grid=(16, 16))
+    with pytest.raises(ValueError, match="refit_interval"):
+        _trainer_with(net, torch.optim.Adam(net.decoder_parameters()), refit_interval=0)
+    batches = [
+        {"image": MetaTensor(torch.rand(1, 1, 16, 16), meta={"filename_or_obj": [f"{n}.nii.gz"]}), "label": label}
+        for n, label in (("a", torch.randint(0, 5, (1, 1, 16, 16))), ("b", torch.randint(0, 5, (1, 1, 16, 16))))
+    ]
+    optimizer = torch.optim.Adam(net.decoder_parameters())
+    trainer = _trainer_with(net, optimizer, batches, max_epochs=5, refit_interval=2, grid_crop=8)
+    fitted_in: list[int] = []
+    fit = trainer.inferer.fit
+    trainer.inferer.fit = lambda *args: fitted_in.append(trainer.state.epoch) or fit(*args)
+    trainer.run()
+    assert fitted_in == [1, 1, 3, 3, 5, 5]
+    assert set(trainer.fit_cache.params) == {"a.nii.gz", "b.nii.gz"}

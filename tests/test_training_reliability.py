@@ -44,6 +44,8 @@ def _training_args(
         str(head_epochs),
         "--finetune#val_interval",
         "2",
+        "--finetune#trainer#refit_interval",  # a new fit of every image each epoch: resumed runs refit alike
+        "1",
         "--checkpoint_interval",
         "1",
         "--fit_steps",  # validation fits: tiny
