@@ -22,8 +22,8 @@ class FitCache:
     point-wise heads with neighbourhood context).
 
     Part of the head stage's checkpoint (``state_dict``), so that a resumed fine-tune decodes the very fits, and label
-    maps, of the images' first epoch, as the uninterrupted run does: re-fitting after a resume would see that epoch's
-    augmentation instead. The grid features are recomputed from the weights and are not saved.
+    maps, of the images' latest fitting epoch, as the uninterrupted run does: re-fitting after a resume would see the
+    resumed epoch's augmentation instead. The grid features are recomputed from the weights and are not saved.
     """
 
     def __init__(self) -> None:
@@ -49,9 +49,10 @@ class HeadFineTuneTrainer(PointLossTrainer):
     network weights; its features are then decoded by the head and ``loss_function`` (logits ``[B, C, N]``, labels
     ``[B, 1, N]``) is minimised w.r.t. the head only, so ``optimizer`` must hold only the parameters of what decodes
     images (``network.decoder_parameters()``: the grid head when the network has one, else the head). The trunk is
-    frozen in this stage, so each image's fit is computed once and cached by file name (``cache_fits=True``),
-    together with the label map it was fitted with: with random augmentation in the data pipeline, an image is seen
-    under the (rotation, flip, contrast, ...) drawn for it the first time, and features and labels always match.
+    frozen in this stage, so each image's fit is computed once (per ``refit_interval``, below) and cached by file name
+    (``cache_fits=True``), together with the label map it was fitted with: with random augmentation in the data
+    pipeline, an image is seen under the (rotation, flip, contrast, ...) drawn for it when it was fitted, and features
+    and labels always match.
     ``num_points`` random pixels per image (``None``: all) enter each loss. A head with neighbourhood context reads
     the neighbours' features from one trunk pass over the fitted grid (cached with the fit), as the inferer decodes,
     instead of evaluating the trunk again at every neighbour of every point. A grid head decodes the whole fitted grid
