@@ -79,39 +79,40 @@ NORMALIZE = "[@normalize_intensity]"
 PERTURBATION = "perturbation"
 WEIGHTS = "robustness_weights_file"
 
-# the two workflows per spatial_dims: config files, the evaluator id, the datalist id, the weights file (config
-# expression), the training command named when the weights are missing
+# where each kind of workflow keeps its evaluator, its datalist and its weights file (config ids and expression)
+METASEG_IDS = {"evaluator": "evaluator", "data": "dataset#data", "weights": "$@ckpt_dir + '/model.pt'"}
+BASELINE_IDS = {
+    "evaluator": "validate#evaluator",
+    "data": "validate#dataset#data",
+    "weights": "$@ckpt_dir + '/' + @ckpt_name + '.pt'",
+}
+# the two workflows per spatial_dims: name, config files and the training command named when the weights are missing
 MODELS: dict[int, dict[str, dict[str, Any]]] = {
     2: {
         "metaseg": {
+            **METASEG_IDS,
             "name": "MetaSeg",
             "config_files": ["inference.json", "evaluate.json"],
-            "evaluator": "evaluator",
-            "data": "dataset#data",
-            "weights": "$@ckpt_dir + '/model.pt'",
             "command": "python -m monai.bundle run training --config_file configs/train.json",
         },
         "unet": {
+            **BASELINE_IDS,
             "name": "U-Net",
             "config_files": ["train.json", "train_unet.json", "evaluate_unet.json"],
-            "evaluator": "validate#evaluator",
-            "data": "validate#dataset#data",
-            "weights": "$@ckpt_dir + '/' + @ckpt_name + '.pt'",
             "command": "python -m monai.bundle run training --config_file "
             "\"['configs/train.json','configs/train_unet.json']\"",
         },
     },
     3: {
         "metaseg": {
+            **METASEG_IDS,
             "name": "MetaSeg",
             "config_files": ["inference.json", "evaluate.json", "3d.json", "evaluate_3d.json"],
-            "evaluator": "evaluator",
-            "data": "dataset#data",
-            "weights": "$@ckpt_dir + '/model.pt'",
             "command": "python -m monai.bundle run training --config_file "
             "\"['configs/train.json','configs/3d.json','configs/train_3d.json']\"",
         },
         "segresnet": {
+            **BASELINE_IDS,
             "name": "SegResNet",
             "config_files": [
                 "train.json",
@@ -121,9 +122,6 @@ MODELS: dict[int, dict[str, dict[str, Any]]] = {
                 "evaluate_unet.json",
                 "evaluate_segresnet.json",
             ],
-            "evaluator": "validate#evaluator",
-            "data": "validate#dataset#data",
-            "weights": "$@ckpt_dir + '/' + @ckpt_name + '.pt'",
             "command": "python -m monai.bundle run training --config_file "
             "\"['configs/train.json','configs/train_unet.json','configs/3d.json','configs/train_segresnet.json']\"",
         },

@@ -114,6 +114,17 @@ def test_prepare_data_run_id_generates_the_demo_layout(default_demo):
     assert (default_demo / "OASIS_OAS1_0001_MR1" / "slice_norm.nii.gz").is_file()
 
 
+def test_training_seed_leaves_the_demo_data_alone(default_demo):
+    """``--seed`` draws a run's randomness; the demo data come from ``demo_seed`` and are not regenerated."""
+    manifest = default_demo / "demo_manifest.json"
+    before = manifest.read_bytes(), manifest.stat().st_mtime_ns
+    run_bundle(
+        "run", "prepare_data", "--config_file", "configs/train.json", "--demo_dir", str(default_demo), "--seed", "1"
+    )
+    assert (manifest.read_bytes(), manifest.stat().st_mtime_ns) == before
+    assert json.loads(before[0])["params"]["seed"] == 0
+
+
 def test_shipped_model_keeps_its_measured_dice(default_demo, tmp_path):
     """models/model.pt on the demo test split (generator 2.0): 0.875 mean foreground Dice (docs/results.md), >= 0.83."""
     state = torch.load(REPO_ROOT / "models" / "model.pt", weights_only=True)
