@@ -5,6 +5,10 @@
 The bundle's ``initialize`` calls :func:`check_cli_overrides`, which re-reads the command line of a
 ``python -m monai.bundle run ...`` process, and fails naming every override id that the given config files do not
 define (with the closest known ids). ``--check_overrides false`` turns the check off, for deliberate new ids.
+
+It also fails on an override meant to set ``null``: ``monai.bundle`` drops every override whose value parses to
+``None`` (``--x None``) and keeps the config's value, and ``--x null`` sets the string ``'null'``; the config
+expression ``'$None'`` is what sets ``null``.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from monai.bundle import scripts as bundle_scripts
 
 from .options import as_bool
 
-__all__ = ["cli_overrides", "config_ids", "unknown_overrides", "check_cli_overrides"]
+__all__ = ["cli_overrides", "config_ids", "unknown_overrides", "null_overrides", "check_cli_overrides"]
 
 # arguments of ``monai.bundle run`` / ``ConfigWorkflow`` that are not config ids
 RUN_ARGS = {
@@ -89,13 +93,28 @@ def unknown_overrides(overrides: Sequence[str], config: dict) -> dict[str, list[
     return unknown
 
 
+def null_overrides(pairs: dict[str, str]) -> list[str]:
+    """The ``--id value`` pairs meant to set ``null`` that ``monai.bundle`` would not: ``None`` (dropped, the config's
+    value stays) and ``null`` (the string ``'null'``)."""
+    return [k for k, v in pairs.items() if k not in RUN_ARGS and (_parse_value(v) is None or v.strip() == "null")]
+
+
 def check_cli_overrides(enabled: bool = True, argv: Sequence[str] | None = None) -> None:
-    """Raise ``ValueError`` naming every override of this ``monai.bundle run`` command that no config file defines."""
+    """Raise ``ValueError`` naming every override of this ``monai.bundle run`` command that no config file defines,
+    or that is meant to set ``null`` but would not (:func:`null_overrides`)."""
     if not as_bool(enabled, "check_overrides"):
         return
     pairs = cli_overrides(sys.argv if argv is None else argv)
     if not pairs or "config_file" not in pairs:
         return
+    nulls = null_overrides(pairs)
+    if nulls:
+        raise ValueError(
+            "command-line override(s) that would not set null: "
+            + ", ".join(f"--{k} {pairs[k]}" for k in nulls)
+            + ". monai.bundle drops an override whose value is None (the config's value stays) and reads null as the"
+            " string 'null'; pass '$None' (a config expression) instead, e.g. --" + nulls[0] + " '$None'."
+        )
     config_file = _parse_value(pairs["config_file"])
     overrides = [k for k in pairs if k not in RUN_ARGS]
     if "args_file" in pairs:

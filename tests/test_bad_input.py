@@ -206,6 +206,8 @@ def _bad_setup(case: str, tmp: Path, model_dir: Path) -> tuple[Path, list[str], 
             ["--fit_stepz", "3"],
             "--fit_stepz: no such id in ['configs/inference.json'] (did you mean --fit_steps",
         )
+    if case == "none_override":
+        return out, ["--skip_failed", "None"], "would not set null: --skip_failed None"
     if case == "output_dir_under_a_file":
         (tmp / "a_file").write_text("x")
         out = tmp / "a_file" / "out"
@@ -232,6 +234,7 @@ def _bad_setup(case: str, tmp: Path, model_dir: Path) -> tuple[Path, list[str], 
 
 SETUP_CASES = [
     "unknown_override",
+    "none_override",
     "output_dir_under_a_file",
     pytest.param("output_dir_read_only", marks=pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")),
     "model_other_num_classes",

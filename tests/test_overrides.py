@@ -1,8 +1,10 @@
-"""Unknown command-line overrides: parsing a ``monai.bundle run`` command line, and near-miss suggestions."""
+"""Command-line overrides: parsing a ``monai.bundle run`` command line, near-miss suggestions, and null values."""
 
 from __future__ import annotations
 
-from scripts.overrides import cli_overrides, unknown_overrides
+import pytest
+
+from scripts.overrides import check_cli_overrides, cli_overrides, unknown_overrides
 
 BUNDLE_MAIN = "/venv/lib/python3.11/site-packages/monai/bundle/__main__.py"
 
@@ -24,3 +26,14 @@ def test_unknown_overrides_with_suggestions():
         "fit_stepz": "fit_steps",
         "train#trainer#max_epoch": "train#trainer#max_epochs",
     }
+
+
+def test_overrides_meant_to_set_null_fail_with_the_remedy():
+    """``--x None`` is dropped by monai.bundle (the config's value stays) and ``--x null`` is a string: both fail."""
+    base = [BUNDLE_MAIN, "run", "finetune_head", "--config_file", "configs/train.json"]
+    for value in ("None", "null"):
+        argv = base + ["--finetune#trainer#refit_interval", value]
+        with pytest.raises(ValueError, match=r"--finetune#trainer#refit_interval " + value + r".*'\$None'"):
+            check_cli_overrides(True, argv)
+    check_cli_overrides(True, base + ["--finetune#trainer#refit_interval", "$None", "--resume"])
+    check_cli_overrides(False, base + ["--finetune#trainer#refit_interval", "None"])  # the check turned off
