@@ -3,8 +3,8 @@
 In one process, on the demo test split and the shipped ``models/model.pt``:
 
 1. ``reference``: the yardstick written plainly here, as the paper's code does it: a copy of the network per image,
-   ``torch.optim.Adam`` on the trunk, 100 steps of intensity MSE over every pixel with per-step autograd, fp32, then
-   one decode of every pixel;
+   ``torch.optim.Adam`` on the trunk (lr 1e-4, constant), 100 steps of intensity MSE over every pixel with per-step
+   autograd, fp32, then one decode of every pixel;
 2. ``product``: the bundle's :class:`scripts.inferer.MetaSegInferer` with the settings of ``configs/inference.json``,
    one image at a time;
 3. ``product batched``: the same inferer given all images as one batch (per-image weights, batched matmuls);
@@ -44,6 +44,7 @@ from scripts.network import TRUNK_PREFIXES, MetaSegINR
 from scripts.trainer import MetaSegTrainer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+REFERENCE_LR = 1e-4  # the reference's constant Adam learning rate: the paper's (and the product's before 0.15.0)
 
 
 def matmul_peak_gflops(n: int = 2048, repeats: int = 10) -> float:
@@ -140,7 +141,7 @@ def bench_fit(
     fit_points = min(inferer.fit_points or num_pixels, num_pixels)
     methods = {
         f"reference ({ref_steps} steps, all pixels, per-image Adam)": (
-            lambda image: reference_fit_decode(net, image, ref_steps, inferer.fit_lr),
+            lambda image: reference_fit_decode(net, image, ref_steps, REFERENCE_LR),
             ref_steps,
             num_pixels,
         ),
@@ -202,7 +203,7 @@ def bench_meta_step(net: MetaSegINR, images: torch.Tensor, labels: torch.Tensor,
     train = ConfigParser.load_config_file(str(REPO_ROOT / "configs" / "train.json"))
     inner_steps, num_points = train["train"]["trainer"]["inner_steps"], train["train"]["trainer"]["num_points"]
     seg_points = train["train"]["trainer"].get("seg_points")
-    lr = train["fit_lr"]
+    lr = train["meta_inner_lr"]
     loss_fn = FocalLoss(gamma=1.0, use_softmax=True, to_onehot_y=True)
     model = copy.deepcopy(net)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)

@@ -18,6 +18,7 @@ __all__ = [
     "gather_points",
     "batch_params",
     "adam_fit",
+    "cosine_lr_factor",
 ]
 
 
@@ -103,6 +104,15 @@ def batch_params(params: dict[str, torch.Tensor], batch_size: int, detach: bool)
     return out
 
 
+def cosine_lr_factor(step: int, steps: int, end_factor: float) -> float:
+    """Factor of the learning rate at ``step`` (1-based) of ``steps``: a half cosine from 1 at the first step down to
+    ``end_factor`` at the last (1.0: constant)."""
+    if end_factor == 1.0 or steps <= 1:
+        return 1.0
+    progress = (step - 1) / (steps - 1)
+    return end_factor + (1.0 - end_factor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
 def adam_fit(
     loss_fn: Callable[[dict[str, torch.Tensor]], torch.Tensor],
     params: dict[str, torch.Tensor],
@@ -113,6 +123,7 @@ def adam_fit(
     eps: float = 1e-8,
     create_graph: bool = False,
     on_step: Callable[[int, dict[str, torch.Tensor]], None] | None = None,
+    lr_end_factor: float = 1.0,
 ) -> dict[str, torch.Tensor]:
     """Run ``steps`` Adam steps on ``loss_fn(params)`` w.r.t. the ``trainable`` entries; return the updated params.
 
@@ -125,14 +136,17 @@ def adam_fit(
     learned: the result is differentiable w.r.t. them when ``create_graph=True``; otherwise they are used detached).
     ``on_step(t, params)`` is called with the parameters before the first step (``t = 0``) and after every step, e.g.
     to keep snapshots of one fit at several step counts; the test-time fit updates the tensors in place afterwards,
-    so a snapshot must copy them.
+    so a snapshot must copy them. ``lr_end_factor`` < 1 decays the learning rate along a half cosine to that
+    fraction of ``lr`` at the last step (:func:`cosine_lr_factor`; 1.0: constant).
     """
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}.")
+    if not 0.0 <= lr_end_factor <= 1.0:
+        raise ValueError(f"lr_end_factor must be in [0, 1], got {lr_end_factor}.")
     if on_step is None:
         on_step = _no_snapshot
     if not create_graph:
-        return _adam_fit_detached(loss_fn, params, trainable, steps, lr, betas, eps, on_step)
+        return _adam_fit_detached(loss_fn, params, trainable, steps, lr, betas, eps, on_step, lr_end_factor)
     params = dict(params)
     names = list(trainable)
     m = {k: torch.zeros_like(params[k]) for k in names}
@@ -147,7 +161,7 @@ def adam_fit(
             v[k] = beta2 * v[k] + (1.0 - beta2) * g * g
             m_hat = m[k] / (1.0 - beta1**t)
             v_hat = v[k] / (1.0 - beta2**t)
-            step_lr = lr[k] if isinstance(lr, Mapping) else lr
+            step_lr = (lr[k] if isinstance(lr, Mapping) else lr) * cosine_lr_factor(t, steps, lr_end_factor)
             params[k] = params[k] - step_lr * m_hat / torch.sqrt(v_hat + eps * eps)
         on_step(t, params)
     return params
@@ -166,6 +180,7 @@ def _adam_fit_detached(
     betas: tuple[float, float],
     eps: float,
     on_step: Callable[[int, dict[str, torch.Tensor]], None],
+    lr_end_factor: float = 1.0,
 ) -> dict[str, torch.Tensor]:
     """:func:`adam_fit` without a graph through the updates (the test-time fit): the same update, computed with
     multi-tensor (``torch._foreach_*``) operations in place on fresh copies of the trainable tensors, which saves
@@ -183,6 +198,7 @@ def _adam_fit_detached(
     on_step(0, params)
     for t in range(1, steps + 1):
         grads = torch.autograd.grad(loss_fn(params), leaves)
+        factor = cosine_lr_factor(t, steps, lr_end_factor)
         with torch.no_grad():
             torch._foreach_mul_(m, beta1)
             torch._foreach_add_(m, grads, alpha=1.0 - beta1)
@@ -193,9 +209,9 @@ def _adam_fit_detached(
             torch._foreach_sqrt_(denom)
             step = torch._foreach_div(m, denom)  # m_hat * (1 - beta1^t) / sqrt(v_hat + eps^2)
             if lrs is None:
-                torch._foreach_add_(leaves, step, alpha=-lr / (1.0 - beta1**t))
+                torch._foreach_add_(leaves, step, alpha=-lr * factor / (1.0 - beta1**t))
             else:
                 torch._foreach_mul_(step, lrs)
-                torch._foreach_add_(leaves, step, alpha=-1.0 / (1.0 - beta1**t))
+                torch._foreach_add_(leaves, step, alpha=-factor / (1.0 - beta1**t))
         on_step(t, params)
     return params

@@ -97,6 +97,7 @@ class MetricsSummaryHandler:
         if hasattr(inferer, "fit_steps"):
             out["fit_steps"] = inferer.fit_steps
             out["fit_lr"] = inferer.fit_lr
+            out["fit_lr_end_factor"] = inferer.fit_lr_end_factor
         if self._times:
             out["seconds_per_image"] = sum(self._times) / len(self._times)
             out["seconds_per_image_median"] = statistics.median(self._times)

@@ -29,7 +29,28 @@ from .fitting import (
 from .network import TRUNK_PREFIXES, MetaSegINR
 from .resolution import check_scale, scale_affine, scaled_coordinate_grid
 
-__all__ = ["FitResult", "MetaSegInferer"]
+__all__ = ["FitResult", "MetaSegInferer", "native_bf16"]
+
+BF16_MODES = (True, False, "auto")
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` has bfloat16 kernels: a CUDA GPU that supports the type, or a CPU where oneDNN has them
+    (AVX512 and newer x86, Arm with BF16). Elsewhere PyTorch emulates bfloat16 element by element: on an AVX2-only CPU
+    the grid head's convolutions under bfloat16 autocast took 85x as long as in float32 (docs/benchmarks.md)."""
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    if device.type != "cpu" or not torch.backends.mkldnn.is_available():
+        return False
+    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    return bool(check is not None and check())
+
+
+def _bf16_mode(name: str, value: bool | str) -> bool | str:
+    """``value`` checked as one of :data:`BF16_MODES` (``"auto"``: bfloat16 where :func:`native_bf16`)."""
+    if value not in BF16_MODES or (not isinstance(value, bool) and value != "auto"):
+        raise ValueError(f"{name} must be true, false or 'auto', got {value!r}.")
+    return value
 
 
 @dataclass
@@ -52,7 +73,11 @@ class MetaSegInferer(Inferer):
 
     Args:
         fit_steps: number of Adam steps of the test-time fit.
-        fit_lr: Adam learning rate of the test-time fit.
+        fit_lr: Adam learning rate of the test-time fit (of its first step, see ``fit_lr_end_factor``).
+        fit_lr_end_factor: the learning rate of the fit's last step as a fraction of ``fit_lr``, reached along a half
+            cosine (:func:`scripts.fitting.cosine_lr_factor`; as ``end_factor`` of PyTorch's ``LinearLR``); 1.0: a
+            constant rate. The decay keeps the last steps from following the pixel noise of the random subsets and of
+            the image (measured: docs/experiments.md).
         betas: Adam betas.
         fit_points: number of random pixels per image that each fit step's loss uses (``None``: all pixels). The
             subsets are drawn from a generator seeded with ``seed`` at every call, so results are reproducible.
@@ -61,11 +86,13 @@ class MetaSegInferer(Inferer):
             volumes (``None``: all at once). With ``fit_points`` set, the fit is bounded too.
         head_bf16: run the head's matrix products in bfloat16 (``torch.autocast``) when decoding; the fit and the
             trunk stay in float32 (sine layers need it). The head is most of the decoding cost with neighbourhood
-            context, and its argmax is insensitive to bfloat16 rounding (measured: docs/benchmarks.md).
+            context, and its argmax is insensitive to bfloat16 rounding (measured: docs/benchmarks.md). ``"auto"``
+            (the default): only on a device with bfloat16 kernels (:func:`native_bf16`), as emulated bfloat16 is
+            many times slower than float32.
         fit_bf16: on a CPU, let oneDNN round the fit's float32 matrix-product inputs to bfloat16 (accumulating and
             returning float32; ``torch.backends.mkldnn`` ``fp32_precision="bf16"``, set for the fit only). Pays on CPUs
             with bfloat16 units (AMX, AVX512-BF16). The setting is process-wide while the fit runs, so other threads'
-            CPU matmuls in that time are rounded too.
+            CPU matmuls in that time are rounded too. ``"auto"`` (the default): only where :func:`native_bf16`.
         skip_background: classify only the pixels whose input intensity is not exactly 0 when a neighbourhood head
             (``context_radius`` > 0) decodes the fitted grid (on in the fast preset, ``configs/fast.json``); the
             others (zero padding, and the background that the intensity normalization sets to 0) are labelled
@@ -84,13 +111,14 @@ class MetaSegInferer(Inferer):
     def __init__(
         self,
         fit_steps: int = 55,
-        fit_lr: float = 1e-4,
+        fit_lr: float = 1.5e-4,
+        fit_lr_end_factor: float = 0.1,
         betas: tuple[float, float] = (0.9, 0.999),
         fit_points: int | None = 4096,
         seed: int = 0,
         decode_chunk: int | None = 65536,
-        head_bf16: bool = True,
-        fit_bf16: bool = True,
+        head_bf16: bool | str = "auto",
+        fit_bf16: bool | str = "auto",
         output_scale: int = 1,
         skip_background: bool = False,
         grid_head: bool = True,
@@ -100,17 +128,25 @@ class MetaSegInferer(Inferer):
             raise ValueError(f"fit_steps must be >= 0, got {fit_steps}.")
         if fit_lr <= 0:
             raise ValueError(f"fit_lr must be > 0, got {fit_lr}.")
+        if not 0.0 <= fit_lr_end_factor <= 1.0:
+            raise ValueError(f"fit_lr_end_factor must be in [0, 1] (1: a constant rate), got {fit_lr_end_factor}.")
         self.fit_steps = int(fit_steps)
         self.fit_lr = float(fit_lr)
+        self.fit_lr_end_factor = float(fit_lr_end_factor)
         self.betas = (float(betas[0]), float(betas[1]))
         self.fit_points = fit_points
         self.seed = int(seed)
         self.decode_chunk = decode_chunk
-        self.head_bf16 = bool(head_bf16)
-        self.fit_bf16 = bool(fit_bf16)
+        self.head_bf16 = _bf16_mode("head_bf16", head_bf16)
+        self.fit_bf16 = _bf16_mode("fit_bf16", fit_bf16)
         self.output_scale = check_scale(output_scale)
         self.skip_background = bool(skip_background)
         self.grid_head = bool(grid_head)
+
+    def uses_bf16(self, device: torch.device, part: str = "head") -> bool:
+        """Whether the ``part`` (``"head"`` or ``"fit"``) runs in bfloat16 on ``device`` (``"auto"`` resolved)."""
+        mode = self.head_bf16 if part == "head" else self.fit_bf16
+        return native_bf16(device) if mode == "auto" else bool(mode)
 
     def with_point_head(self) -> MetaSegInferer:
         """A copy of this inferer that decodes with the network's point-wise head even where it has a grid head."""
@@ -139,11 +175,19 @@ class MetaSegInferer(Inferer):
         """One fit of ``max(steps)`` steps, kept after each of ``steps``: ``(step, seconds since the start, fit)``.
 
         Each snapshot equals :meth:`fit` with ``fit_steps`` set to its step count (the same pixel subsets, drawn
-        from the same seed, and the same Adam state), at the cost of the longest fit alone.
+        from the same seed, and the same Adam state), at the cost of the longest fit alone. With a decaying learning
+        rate (``fit_lr_end_factor`` < 1) a fit's steps depend on its length, so each step count is a fit of its own.
         """
         wanted = {int(s) for s in steps}
         if not wanted or min(wanted) < 0:
             raise ValueError(f"steps must be non-negative integers, got {list(steps)}.")
+        if self.fit_lr_end_factor != 1.0:
+            fits = []
+            for step in sorted(wanted):
+                start = time.perf_counter()
+                fit = self._fit(inputs, network, step)
+                fits.append((step, time.perf_counter() - start, fit))
+            return fits
         kept: list[tuple[int, float, dict[str, torch.Tensor]]] = []
         start = time.perf_counter()
 
@@ -213,13 +257,22 @@ class MetaSegInferer(Inferer):
 
             lr = net.fit_lr(self.fit_lr)  # learned factors are detached by adam_fit: no graph without create_graph
             with self._fit_precision(target.device):
-                params = adam_fit(reconstruction_loss, params, trunk, steps, lr, self.betas, on_step=on_step)
+                params = adam_fit(
+                    reconstruction_loss,
+                    params,
+                    trunk,
+                    steps,
+                    lr,
+                    self.betas,
+                    on_step=on_step,
+                    lr_end_factor=self.fit_lr_end_factor,
+                )
         return {k: v.detach() for k, v in params.items()}
 
     @contextlib.contextmanager
     def _fit_precision(self, device: torch.device) -> Iterator[None]:
         """oneDNN's bfloat16 rounding of float32 matmuls during the fit (``fit_bf16`` on a CPU), else nothing."""
-        if not (self.fit_bf16 and device.type == "cpu" and torch.backends.mkldnn.is_available()):
+        if not (device.type == "cpu" and torch.backends.mkldnn.is_available() and self.uses_bf16(device, "fit")):
             yield
             return
         matmul = torch.backends.mkldnn.matmul
@@ -246,7 +299,7 @@ class MetaSegInferer(Inferer):
         """
         chunk = self.decode_chunk or fit.coords.shape[1]
         intensity, features = self._trunk_pass(fit, net, fit.coords)
-        if self.head_bf16:
+        if self.uses_bf16(features.device):
             # the head's autocast would round the gathered copy to bf16: rounding first gathers half the bytes
             features = features.to(torch.bfloat16)
         points = None if fit.decode_mask is None else fit.decode_mask.any(0).nonzero()[:, 0]  # any image of the batch
@@ -324,7 +377,7 @@ class MetaSegInferer(Inferer):
                 f"got {spatial_shape}."
             )
         intensity, features = self._trunk_pass(fit, net, coords)
-        with torch.autocast(features.device.type, dtype=torch.bfloat16, enabled=self.head_bf16):
+        with torch.autocast(features.device.type, dtype=torch.bfloat16, enabled=self.uses_bf16(features.device)):
             logits = net.decode_grid(features, spatial_shape, scale).float()
         if fit.decode_mask is not None and scale == 1:
             logits = self._mask_background(fit.decode_mask, logits, net)
@@ -332,7 +385,7 @@ class MetaSegInferer(Inferer):
 
     def _head_logits(self, net: MetaSegINR, head_input: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
         """The head's float32 logits, its matrix products in bfloat16 with ``head_bf16``."""
-        with torch.autocast(head_input.device.type, dtype=torch.bfloat16, enabled=self.head_bf16):
+        with torch.autocast(head_input.device.type, dtype=torch.bfloat16, enabled=self.uses_bf16(head_input.device)):
             return net.decode(head_input, params).float()
 
     def fit_decode(self, inputs: torch.Tensor, network: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:

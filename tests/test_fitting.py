@@ -121,11 +121,13 @@ def test_batched_fit_equals_single_fits(fit_points):
 
 
 @pytest.mark.parametrize("fit_points", [None, 20])
-def test_fit_snapshots_equal_separate_fits(fit_points):
-    """One fit kept at several step counts gives exactly the fits of those lengths (the fit-steps sweep's shortcut)."""
+@pytest.mark.parametrize("end_factor", [1.0, 0.1])
+def test_fit_snapshots_equal_separate_fits(fit_points, end_factor):
+    """The fit-steps sweep gives exactly the fits of those lengths: one fit kept at several step counts with a
+    constant learning rate, a fit per step count with a decaying one (its steps depend on the fit's length)."""
     net = _tiny_net()
     image = torch.rand(1, 1, 8, 8)
-    inferer = MetaSegInferer(fit_steps=1, fit_lr=1e-2, fit_points=fit_points)
+    inferer = MetaSegInferer(fit_steps=1, fit_lr=1e-2, fit_points=fit_points, fit_lr_end_factor=end_factor)
     snapshots = inferer.fit_snapshots(image, net, [7, 0, 3, 3])
     assert [s for s, _, _ in snapshots] == [0, 3, 7]
     assert snapshots[0][1] <= snapshots[1][1] <= snapshots[2][1]
@@ -354,6 +356,69 @@ def test_head_bf16_changes_only_the_head_rounding():
     torch.testing.assert_close(recon16, recon32, rtol=0, atol=0)
 
 
+def test_cosine_lr_factor_and_the_decayed_fit():
+    """The factor runs from 1 at the first step to ``end_factor`` at the last along a half cosine; a decayed fit takes
+    the same first step as a constant one and smaller ones after; values outside [0, 1] are refused by name."""
+    from scripts.fitting import cosine_lr_factor
+
+    factors = [cosine_lr_factor(t, 5, 0.1) for t in range(1, 6)]
+    assert factors[0] == 1.0 and factors[-1] == pytest.approx(0.1) and factors[2] == pytest.approx(0.55)
+    assert all(a > b for a, b in zip(factors, factors[1:]))
+    assert cosine_lr_factor(1, 1, 0.1) == 1.0 and cosine_lr_factor(3, 5, 1.0) == 1.0
+    net, image = _tiny_net(), torch.rand(1, 1, 8, 8)
+    one = [MetaSegInferer(fit_steps=1, fit_lr=1e-2, fit_lr_end_factor=f).fit(image, net) for f in (1.0, 0.1)]
+    torch.testing.assert_close(one[0].params, one[1].params, rtol=0, atol=0)
+    start = net.param_dict()["trunk.0.weight"]
+    moved = [
+        (
+            MetaSegInferer(fit_steps=6, fit_lr=1e-2, fit_lr_end_factor=f).fit(image, net).params["trunk.0.weight"][0]
+            - start
+        )
+        .norm()
+        .item()
+        for f in (1.0, 0.1)
+    ]
+    assert 0 < moved[1] < moved[0]
+    with pytest.raises(ValueError, match="fit_lr_end_factor must be in"):
+        MetaSegInferer(fit_lr_end_factor=1.5)
+    with pytest.raises(ValueError, match="lr_end_factor must be in"):
+        adam_fit(lambda p: p["a"].sum(), {"a": torch.zeros(1, requires_grad=True)}, ["a"], 2, 0.1, lr_end_factor=-0.1)
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_bf16_auto_follows_the_device(monkeypatch, native):
+    """``"auto"`` (the default of both switches) is bfloat16 exactly where the device has bfloat16 kernels: elsewhere
+    emulated bfloat16 is many times slower (the grid head 85x on an AVX2-only CPU), so it means float32 there."""
+    import scripts.inferer as inferer_module
+
+    monkeypatch.setattr(inferer_module, "native_bf16", lambda device: native)
+    torch.manual_seed(0)
+    net = _tiny_net()
+    image = torch.rand(1, 1, 12, 10)
+    auto = MetaSegInferer(fit_steps=2, fit_lr=1e-2)
+    assert (auto.head_bf16, auto.fit_bf16) == ("auto", "auto")
+    assert auto.uses_bf16(image.device) is native and auto.uses_bf16(image.device, "fit") is native
+    forced = MetaSegInferer(fit_steps=2, fit_lr=1e-2, head_bf16=native, fit_bf16=native)
+    torch.testing.assert_close(auto.fit_decode(image, net), forced.fit_decode(image, net), rtol=0, atol=0)
+    assert MetaSegInferer(head_bf16=not native).uses_bf16(image.device) is (not native)  # explicit values win
+
+
+def test_native_bf16_reads_the_device():
+    from scripts.inferer import native_bf16
+
+    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    assert native_bf16(torch.device("cpu")) is bool(torch.backends.mkldnn.is_available() and check())
+    assert native_bf16(torch.device("meta")) is False
+
+
+@pytest.mark.parametrize("value", ["yes", 1, None, "True"])
+def test_bf16_switches_refuse_other_values(value):
+    with pytest.raises(ValueError, match="head_bf16 must be true, false or 'auto'"):
+        MetaSegInferer(head_bf16=value)
+    with pytest.raises(ValueError, match="fit_bf16 must be true, false or 'auto'"):
+        MetaSegInferer(fit_bf16=value)
+
+
 @pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="oneDNN (mkldnn) is not available")
 def test_fit_bf16_rounds_the_fit_matmuls_only_while_fitting():
     """``fit_bf16``: oneDNN's bfloat16 matmul rounding for the fit only; the caller's setting is restored after."""
@@ -388,10 +453,11 @@ def test_fit_bf16_rounds_the_fit_matmuls_only_while_fitting():
     assert matmul.fp32_precision == "none"
 
 
+@pytest.mark.parametrize("end_factor", [1.0, 0.1])
 @pytest.mark.parametrize("per_tensor_lr", [False, True])
-def test_detached_adam_equals_differentiable_adam(per_tensor_lr):
+def test_detached_adam_equals_differentiable_adam(per_tensor_lr, end_factor):
     """The test-time fit's multi-tensor Adam takes exactly the steps of the meta-training (graph) Adam, per-tensor
-    learning rates included, and leaves the caller's tensors untouched."""
+    learning rates and the cosine decay included, and leaves the caller's tensors untouched."""
     torch.manual_seed(0)
     x, y = torch.randn(50, 3, dtype=torch.float64), torch.randn(50, 1, dtype=torch.float64)
     start = {k: torch.randn(*s, dtype=torch.float64) for k, s in {"a": (3, 4), "b": (4, 1), "c": (1,)}.items()}
@@ -402,9 +468,9 @@ def test_detached_adam_equals_differentiable_adam(per_tensor_lr):
     lr = {"a": torch.tensor(1e-2, dtype=torch.float64), "b": torch.full((4, 1), 3e-3, dtype=torch.float64)}
     lr = lr if per_tensor_lr else 1e-2
     fresh = {k: v.clone().requires_grad_(True) for k, v in start.items()}
-    graph = adam_fit(loss, fresh, ["a", "b"], 7, lr, create_graph=True)
+    graph = adam_fit(loss, fresh, ["a", "b"], 7, lr, create_graph=True, lr_end_factor=end_factor)
     given = {k: v.clone().requires_grad_(True) for k, v in start.items()}
-    detached = adam_fit(loss, given, ["a", "b"], 7, lr)
+    detached = adam_fit(loss, given, ["a", "b"], 7, lr, lr_end_factor=end_factor)
     for k in start:
         torch.testing.assert_close(detached[k], graph[k].detach(), rtol=1e-12, atol=1e-12)
         assert torch.equal(given[k].detach(), start[k]), k

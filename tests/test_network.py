@@ -106,7 +106,7 @@ def test_inferer_defaults_are_the_configs_fit_settings():
     defaults = signature(MetaSegInferer).parameters
     for config in ("configs/train.json", "configs/inference.json"):
         cfg = json.loads((REPO_ROOT / config).read_text())
-        for key in ("fit_steps", "fit_lr", "fit_points", "fit_bf16"):
+        for key in ("fit_steps", "fit_lr", "fit_lr_end_factor", "fit_points", "fit_bf16"):
             assert cfg[key] == defaults[key].default, (config, key)
 
 
