@@ -19,19 +19,11 @@ import time
 from pathlib import Path
 
 import torch
-from monai.metrics import DiceMetric
-from monai.networks.utils import one_hot
 
-from benchmarks.fit_decode import load_model, load_test_split
+from benchmarks.fit_decode import load_model, load_test_split, scores
 from scripts.inferer import native_bf16
 
 MODES = {"bf16": True, "fp32": False, "auto": "auto"}
-
-
-def mean_dice(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> float:
-    """Mean foreground Dice of the argmax of ``logits`` against ``labels`` ``[B, 1, H, W]``."""
-    pred = one_hot(logits.argmax(1, keepdim=True), num_classes)
-    return float(DiceMetric(include_background=False)(pred, one_hot(labels, num_classes)).nanmean())
 
 
 def main() -> None:
@@ -51,16 +43,19 @@ def main() -> None:
     fits = [inferers["fp32"].fit(images[i : i + 1], net) for i in range(len(images))]
     seconds = {name: 0.0 for name in MODES}
     logits = {name: [] for name in MODES}
+    recons = {name: [] for name in MODES}
     for fit in fits:
         for name, inferer in inferers.items():  # taking turns: the box's drift hits every precision alike
             best = float("inf")
             for _ in range(args.repeats):
                 start = time.perf_counter()
-                out, _ = inferer.decode(fit, net)
+                out, recon = inferer.decode(fit, net)
                 best = min(best, time.perf_counter() - start)
             seconds[name] += best / len(fits)
             logits[name].append(out)
+            recons[name].append(recon)
     logits = {name: torch.cat(v) for name, v in logits.items()}
+    quality = {name: scores(logits[name], torch.cat(recons[name]), images, labels) for name in MODES}
     result = {
         "native_bf16": native_bf16(device),
         "auto_uses_bf16": inferers["auto"].uses_bf16(device),
@@ -69,7 +64,8 @@ def main() -> None:
         "decode_seconds_per_slice": seconds,
         "bf16_over_fp32": seconds["bf16"] / seconds["fp32"],
         "auto_over_fastest": seconds["auto"] / min(seconds["bf16"], seconds["fp32"]),
-        "mean_dice": {name: mean_dice(v, labels, net.num_classes) for name, v in logits.items()},
+        "mean_dice": {name: q["mean_dice"] for name, q in quality.items()},
+        "psnr": {name: q["psnr"] for name, q in quality.items()},
         "argmax_agreement_bf16_fp32": float((logits["bf16"].argmax(1) == logits["fp32"].argmax(1)).float().mean()),
     }
     print(json.dumps(result, indent=2))

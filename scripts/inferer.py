@@ -31,8 +31,6 @@ from .resolution import check_scale, scale_affine, scaled_coordinate_grid
 
 __all__ = ["FitResult", "MetaSegInferer", "native_bf16"]
 
-BF16_MODES = (True, False, "auto")
-
 
 def native_bf16(device: torch.device) -> bool:
     """Whether ``device`` has bfloat16 kernels: a CUDA GPU that supports the type, or a CPU where oneDNN has them
@@ -47,8 +45,8 @@ def native_bf16(device: torch.device) -> bool:
 
 
 def _bf16_mode(name: str, value: bool | str) -> bool | str:
-    """``value`` checked as one of :data:`BF16_MODES` (``"auto"``: bfloat16 where :func:`native_bf16`)."""
-    if value not in BF16_MODES or (not isinstance(value, bool) and value != "auto"):
+    """``value`` checked as ``True``, ``False`` or ``"auto"`` (bfloat16 where :func:`native_bf16`)."""
+    if not (isinstance(value, bool) or value == "auto"):
         raise ValueError(f"{name} must be true, false or 'auto', got {value!r}.")
     return value
 
@@ -74,10 +72,6 @@ class MetaSegInferer(Inferer):
     Args:
         fit_steps: number of Adam steps of the test-time fit.
         fit_lr: Adam learning rate of the test-time fit (of its first step, see ``fit_lr_end_factor``).
-        fit_lr_end_factor: the learning rate of the fit's last step as a fraction of ``fit_lr``, reached along a half
-            cosine (:func:`scripts.fitting.cosine_lr_factor`; as ``end_factor`` of PyTorch's ``LinearLR``); 1.0: a
-            constant rate. The decay keeps the last steps from following the pixel noise of the random subsets and of
-            the image (measured: docs/experiments.md).
         betas: Adam betas.
         fit_points: number of random pixels per image that each fit step's loss uses (``None``: all pixels). The
             subsets are drawn from a generator seeded with ``seed`` at every call, so results are reproducible.
@@ -106,13 +100,16 @@ class MetaSegInferer(Inferer):
         grid_head: decode with the network's convolutional grid head when it has one (``grid_head_channels``);
             ``False``: with the point-wise head, as the meta-training's validation does before the grid head is
             trained (:meth:`with_point_head`).
+        fit_lr_end_factor: the learning rate of the fit's last step as a fraction of ``fit_lr``, reached along a half
+            cosine (:func:`scripts.fitting.cosine_lr_factor`; as ``end_factor`` of PyTorch's ``LinearLR``); 1.0: a
+            constant rate. The decay keeps the last steps from following the pixel noise of the random subsets and of
+            the image (measured: docs/experiments.md).
     """
 
     def __init__(
         self,
         fit_steps: int = 55,
         fit_lr: float = 1.5e-4,
-        fit_lr_end_factor: float = 0.1,
         betas: tuple[float, float] = (0.9, 0.999),
         fit_points: int | None = 4096,
         seed: int = 0,
@@ -122,6 +119,7 @@ class MetaSegInferer(Inferer):
         output_scale: int = 1,
         skip_background: bool = False,
         grid_head: bool = True,
+        fit_lr_end_factor: float = 0.1,
     ) -> None:
         super().__init__()
         if fit_steps < 0:
