@@ -115,7 +115,7 @@ def scores(logits: torch.Tensor, recon: torch.Tensor, images: torch.Tensor, labe
     pred = one_hot(logits.argmax(1, keepdim=True), num_classes)
     dice = DiceMetric(include_background=False, reduction="mean")(pred, one_hot(labels, num_classes))
     psnr = PSNRMetric(max_val=1.0)(recon.clamp(0, 1), images)
-    return {"mean_dice": float(dice.mean()), "psnr": float(psnr.mean())}
+    return {"mean_dice": float(dice.nanmean()), "psnr": float(psnr.mean())}
 
 
 def timed(fn, *args) -> tuple[float, dict, Any]:

@@ -23,3 +23,19 @@ def test_benchmark_script_starts(script):
         timeout=300,
     )
     assert proc.returncode == 0 and "usage:" in proc.stdout, proc.stderr[-3000:]
+
+
+def test_scores_skip_classes_absent_from_an_image():
+    """A class missing from an image's labels does not turn the benchmarks' mean Dice into NaN."""
+    import torch
+
+    from benchmarks.fit_decode import scores
+
+    labels = torch.zeros(2, 1, 4, 4, dtype=torch.long)
+    labels[:, :, :2] = 1
+    labels[0, :, 3, 3] = 2  # class 2 only in the first image
+    logits = torch.nn.functional.one_hot(labels[:, 0], 3).permute(0, 3, 1, 2).float()
+    images = torch.rand(2, 1, 4, 4)
+    result = scores(logits, images, images, labels)
+    assert result["mean_dice"] == pytest.approx(1.0)
+    assert result["psnr"] > 50
