@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.fit_decode import load_model, load_test_split, scores
+from benchmarks.fit_decode import load_model, load_split, scores
 from scripts.inferer import native_bf16
 
 MODES = {"bf16": True, "fp32": False, "auto": "auto"}
@@ -35,7 +35,7 @@ def main() -> None:
 
     net, product = load_model((), "python -m monai.bundle run training --config_file configs/train.json")
     net.eval()
-    images, labels = load_test_split(args.num_images)
+    images, labels = load_split(args.num_images)
     device = images.device
     inferers = {name: copy.copy(product) for name in MODES}
     for name, mode in MODES.items():

@@ -68,11 +68,12 @@ def matmul_flops_per_point(net: MetaSegINR) -> tuple[float, float]:
     return float(trunk), float(head)
 
 
-def load_test_split(num_images: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``num_images`` preprocessed test images and labels ``[B, 1, H, W]`` of the evaluation config."""
+def load_split(num_images: int, split: str = "test") -> tuple[torch.Tensor, torch.Tensor]:
+    """``num_images`` preprocessed images and labels ``[B, 1, H, W]`` of the evaluation config (``split``: its data)."""
     parser = ConfigParser()
     parser.read_config([str(REPO_ROOT / "configs" / f) for f in ("inference.json", "evaluate.json")])
     parser["bundle_root"] = str(REPO_ROOT)
+    parser["split"] = split
     data = parser.get_parsed_content("dataset#data")[:num_images]
     preprocessing = parser.get_parsed_content("preprocessing")
     items = [preprocessing(d) for d in data]
@@ -198,6 +199,42 @@ def bench_fit(
     return rows
 
 
+def product_meta_step_seconds(
+    net: MetaSegINR,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    iters: int,
+    inner_steps: int,
+    num_points: int | None,
+    seg_points: int | None,
+    inner_lr: float,
+) -> float:
+    """Seconds per outer step of :class:`scripts.trainer.MetaSegTrainer` (a copy of ``net``): ``iters`` steps over
+    the images in turn, after one warm-up step."""
+    n = images.shape[0]
+    product_net = copy.deepcopy(net)
+    trainer = MetaSegTrainer(
+        device="cpu",
+        max_epochs=1,
+        train_data_loader=[
+            {"image": images[i % n : i % n + 1], "label": labels[i % n : i % n + 1]} for i in range(iters + 1)
+        ],
+        network=product_net,
+        optimizer=torch.optim.Adam(product_net.parameters(), lr=1e-4),
+        loss_function=FocalLoss(gamma=1.0, use_softmax=True, to_onehot_y=True),
+        inner_steps=inner_steps,
+        inner_lr=inner_lr,
+        inner_seg_weight=0.0,
+        num_points=num_points,
+        seg_points=seg_points,
+        grad_clip_norm=1.0,
+    )
+    starts: list[float] = []
+    trainer.add_event_handler(Events.ITERATION_STARTED, lambda e: starts.append(time.perf_counter()))
+    trainer.run()
+    return (time.perf_counter() - starts[1]) / iters  # the first iteration is a warm-up
+
+
 def bench_meta_step(net: MetaSegINR, images: torch.Tensor, labels: torch.Tensor, iters: int) -> list[dict]:
     """Seconds per outer step: reference style (all pixels, plain loop) and the bundle's MetaSegTrainer."""
     train = ConfigParser.load_config_file(str(REPO_ROOT / "configs" / "train.json"))
@@ -233,27 +270,7 @@ def bench_meta_step(net: MetaSegINR, images: torch.Tensor, labels: torch.Tensor,
         reference_step(images[i : i + 1], labels[i : i + 1])
     ref = (time.perf_counter() - start) / n
 
-    product_net = copy.deepcopy(net)
-    trainer = MetaSegTrainer(
-        device="cpu",
-        max_epochs=1,
-        train_data_loader=[
-            {"image": images[i % n : i % n + 1], "label": labels[i % n : i % n + 1]} for i in range(n + 1)
-        ],
-        network=product_net,
-        optimizer=torch.optim.Adam(product_net.parameters(), lr=1e-4),
-        loss_function=loss_fn,
-        inner_steps=inner_steps,
-        inner_lr=lr,
-        inner_seg_weight=0.0,
-        num_points=num_points,
-        seg_points=seg_points,
-        grad_clip_norm=1.0,
-    )
-    starts: list[float] = []
-    trainer.add_event_handler(Events.ITERATION_STARTED, lambda e: starts.append(time.perf_counter()))
-    trainer.run()
-    prod = (time.perf_counter() - starts[1]) / n  # the first iteration is a warm-up
+    prod = product_meta_step_seconds(net, images, labels, n, inner_steps, num_points, seg_points, lr)
     return [
         {"method": f"reference meta step ({inner_steps} inner steps, all pixels, plain loop)", "s_per_step": ref},
         {
@@ -289,7 +306,7 @@ def main() -> None:
         torch.set_num_threads(opts.threads)
     torch.manual_seed(0)
 
-    images, labels = load_test_split(opts.num_images)
+    images, labels = load_split(opts.num_images)
     net, inferer = load_model((), "python -m monai.bundle run training --config_file configs/train.json")
     fast = None
     if not opts.no_fast:

@@ -39,3 +39,15 @@ def test_scores_skip_classes_absent_from_an_image():
     result = scores(logits, images, images, labels)
     assert result["mean_dice"] == pytest.approx(1.0)
     assert result["psnr"] > 50
+
+
+def test_meta_cost_settings_are_inner_steps_and_epochs():
+    """``--setting 4:36`` is read as 4 inner steps for 36 epochs; anything else is refused with the expected form."""
+    import argparse
+
+    from benchmarks.meta_cost import parse_setting
+
+    assert parse_setting("4:36") == (4, 36)
+    for bad in ("4", "4:x", "0:36", "4:36:1"):
+        with pytest.raises(argparse.ArgumentTypeError, match="INNER_STEPS:EPOCHS|positive"):
+            parse_setting(bad)
