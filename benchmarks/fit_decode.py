@@ -31,7 +31,6 @@ from typing import Any
 import torch
 from ignite.engine import Events
 from monai.bundle import ConfigParser
-from monai.losses import FocalLoss
 from monai.metrics import DiceMetric, PSNRMetric
 from monai.networks.utils import one_hot
 from torch.nn import functional as F
@@ -199,20 +198,38 @@ def bench_fit(
     return rows
 
 
+META_TRAINER_KEYS = ("inner_steps", "inner_lr", "inner_seg_weight", "seg_weight", "num_points", "seg_points")
+
+
+def meta_trainer_kwargs(net: MetaSegINR) -> dict[str, Any]:
+    """The :class:`scripts.trainer.MetaSegTrainer` settings of ``configs/train.json`` for ``net`` (inner loop,
+    points, gradient clipping, its ``loss`` and ``train#optimizer`` built over ``net``), read from the config so a
+    benchmark times the trainer ``run training`` builds."""
+    parser = ConfigParser()
+    parser.read_config(str(REPO_ROOT / "configs" / "train.json"))
+    parser["bundle_root"] = str(REPO_ROOT)
+    parser["network"] = net
+    missing = [k for k in META_TRAINER_KEYS if k not in parser["train"]["trainer"]]
+    if missing:
+        raise KeyError(f"configs/train.json: train#trainer lacks {missing}")
+    kwargs = {k: parser.get_parsed_content(f"train#trainer#{k}") for k in META_TRAINER_KEYS}
+    kwargs["grad_clip_norm"] = parser.get_parsed_content("train#trainer#grad_clip_norm", default=None)
+    kwargs["optimizer"] = parser.get_parsed_content("train#optimizer")
+    kwargs["loss_function"] = parser.get_parsed_content("loss")
+    return kwargs
+
+
 def product_meta_step_seconds(
-    net: MetaSegINR,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    iters: int,
-    inner_steps: int,
-    num_points: int | None,
-    seg_points: int | None,
-    inner_lr: float,
+    net: MetaSegINR, images: torch.Tensor, labels: torch.Tensor, iters: int, inner_steps: int | None = None
 ) -> float:
-    """Seconds per outer step of :class:`scripts.trainer.MetaSegTrainer` (a copy of ``net``): ``iters`` steps over
-    the images in turn, after one warm-up step."""
+    """Seconds per outer step of :class:`scripts.trainer.MetaSegTrainer` with ``configs/train.json``'s settings (on a
+    copy of ``net``; ``inner_steps`` replaces the config's): ``iters`` steps over the images in turn, after one
+    warm-up step."""
     n = images.shape[0]
     product_net = copy.deepcopy(net)
+    kwargs = meta_trainer_kwargs(product_net)
+    if inner_steps is not None:
+        kwargs["inner_steps"] = inner_steps
     trainer = MetaSegTrainer(
         device="cpu",
         max_epochs=1,
@@ -220,14 +237,7 @@ def product_meta_step_seconds(
             {"image": images[i % n : i % n + 1], "label": labels[i % n : i % n + 1]} for i in range(iters + 1)
         ],
         network=product_net,
-        optimizer=torch.optim.Adam(product_net.parameters(), lr=1e-4),
-        loss_function=FocalLoss(gamma=1.0, use_softmax=True, to_onehot_y=True),
-        inner_steps=inner_steps,
-        inner_lr=inner_lr,
-        inner_seg_weight=0.0,
-        num_points=num_points,
-        seg_points=seg_points,
-        grad_clip_norm=1.0,
+        **kwargs,
     )
     starts: list[float] = []
     trainer.add_event_handler(Events.ITERATION_STARTED, lambda e: starts.append(time.perf_counter()))
@@ -237,13 +247,10 @@ def product_meta_step_seconds(
 
 def bench_meta_step(net: MetaSegINR, images: torch.Tensor, labels: torch.Tensor, iters: int) -> list[dict]:
     """Seconds per outer step: reference style (all pixels, plain loop) and the bundle's MetaSegTrainer."""
-    train = ConfigParser.load_config_file(str(REPO_ROOT / "configs" / "train.json"))
-    inner_steps, num_points = train["train"]["trainer"]["inner_steps"], train["train"]["trainer"]["num_points"]
-    seg_points = train["train"]["trainer"].get("seg_points")
-    lr = train["meta_inner_lr"]
-    loss_fn = FocalLoss(gamma=1.0, use_softmax=True, to_onehot_y=True)
     model = copy.deepcopy(net)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    settings = meta_trainer_kwargs(model)  # the same loss, optimizer and inner loop as the product's step
+    inner_steps, num_points, seg_points = settings["inner_steps"], settings["num_points"], settings["seg_points"]
+    lr, loss_fn, optimizer = settings["inner_lr"], settings["loss_function"], settings["optimizer"]
 
     def forward(p: dict[str, torch.Tensor], coords: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = coords
@@ -270,7 +277,7 @@ def bench_meta_step(net: MetaSegINR, images: torch.Tensor, labels: torch.Tensor,
         reference_step(images[i : i + 1], labels[i : i + 1])
     ref = (time.perf_counter() - start) / n
 
-    prod = product_meta_step_seconds(net, images, labels, n, inner_steps, num_points, seg_points, lr)
+    prod = product_meta_step_seconds(net, images, labels, n)
     return [
         {"method": f"reference meta step ({inner_steps} inner steps, all pixels, plain loop)", "s_per_step": ref},
         {

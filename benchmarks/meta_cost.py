@@ -63,7 +63,6 @@ def main() -> None:
     images, labels = load_split(opts.num_images, split="train")
     # iterations per epoch of the default training: one outer step per training image (batch size 1)
     steps_per_epoch = len(parser.get_parsed_content("train#dataset#data"))
-    lr = parser.get_parsed_content("meta_inner_lr")
     print(
         f"{images.shape[0]} training slices {tuple(images.shape[2:])}, {torch.get_num_threads()} threads, "
         f"{trainer['num_points']} points per step, {steps_per_epoch} outer steps per epoch"
@@ -72,9 +71,7 @@ def main() -> None:
     times: dict[tuple[int, int], list[float]] = {s: [] for s in settings}
     for _ in range(opts.rounds):
         for inner, epochs in settings:
-            seconds = product_meta_step_seconds(
-                net, images, labels, opts.iters, inner, trainer["num_points"], trainer.get("seg_points"), lr
-            )
+            seconds = product_meta_step_seconds(net, images, labels, opts.iters, inner_steps=inner)
             times[(inner, epochs)].append(seconds)
     rows = []
     for inner, epochs in settings:

@@ -51,3 +51,32 @@ def test_meta_cost_settings_are_inner_steps_and_epochs():
     for bad in ("4", "4:x", "0:36", "4:36:1"):
         with pytest.raises(argparse.ArgumentTypeError, match="INNER_STEPS:EPOCHS|positive"):
             parse_setting(bad)
+
+
+def test_meta_step_benchmarks_time_the_trainer_of_train_json():
+    """The meta-step timings build MetaSegTrainer from configs/train.json (inner loop, points, clipping, loss,
+    optimizer), not from copies of its values, and one timed outer step runs on a small network."""
+    import torch
+    from monai.bundle import ConfigParser
+
+    from benchmarks.fit_decode import META_TRAINER_KEYS, meta_trainer_kwargs, product_meta_step_seconds
+    from scripts.losses import FocalLoss
+    from scripts.network import MetaSegINR
+
+    config = ConfigParser.load_config_file(str(REPO_ROOT / "configs" / "train.json"))
+    trainer = config["train"]["trainer"]
+    net = MetaSegINR(spatial_dims=2, hidden_channels=16, num_sine_layers=2, num_classes=5, head_channels=8)
+    kwargs = meta_trainer_kwargs(net)
+    for key in META_TRAINER_KEYS:
+        expected = config["meta_inner_lr"] if trainer[key] == "@meta_inner_lr" else trainer[key]
+        assert kwargs[key] == expected, key
+    assert kwargs["grad_clip_norm"] == trainer["grad_clip_norm"]
+    assert isinstance(kwargs["loss_function"], FocalLoss)
+    optimizer = kwargs["optimizer"]
+    assert optimizer.param_groups[0]["lr"] == config["train"]["optimizer"]["lr"]
+    optimized = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    assert {id(p) for p in net.trunk.parameters()} <= optimized
+
+    images = torch.rand(2, 1, 16, 16)
+    labels = torch.randint(0, 5, (2, 1, 16, 16))
+    assert product_meta_step_seconds(net, images, labels, iters=1, inner_steps=1) > 0
