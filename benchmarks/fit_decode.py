@@ -67,8 +67,9 @@ def matmul_flops_per_point(net: MetaSegINR) -> tuple[float, float]:
     return float(trunk), float(head)
 
 
-def load_split(num_images: int, split: str = "test") -> tuple[torch.Tensor, torch.Tensor]:
-    """``num_images`` preprocessed images and labels ``[B, 1, H, W]`` of the evaluation config (``split``: its data)."""
+def load_split(num_images: int | None, split: str = "test") -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``num_images`` (``None``: all) preprocessed images and labels ``[B, 1, H, W]`` of the evaluation
+    config's data of ``split``; the one loader of the benchmarks."""
     parser = ConfigParser()
     parser.read_config([str(REPO_ROOT / "configs" / f) for f in ("inference.json", "evaluate.json")])
     parser["bundle_root"] = str(REPO_ROOT)
@@ -110,12 +111,15 @@ def reference_fit_decode(net: MetaSegINR, image: torch.Tensor, steps: int, lr: f
 
 
 def scores(logits: torch.Tensor, recon: torch.Tensor, images: torch.Tensor, labels: torch.Tensor) -> dict:
-    """Mean foreground Dice and PSNR of a batch of predictions."""
+    """Mean foreground Dice and PSNR of a batch of predictions, reduced as ``run evaluating`` reduces them (MONAI's
+    ``aggregate``: each image's mean over the classes it holds, then the mean over images)."""
     num_classes = logits.shape[1]
     pred = one_hot(logits.argmax(1, keepdim=True), num_classes)
-    dice = DiceMetric(include_background=False, reduction="mean")(pred, one_hot(labels, num_classes))
-    psnr = PSNRMetric(max_val=1.0)(recon.clamp(0, 1), images)
-    return {"mean_dice": float(dice.nanmean()), "psnr": float(psnr.mean())}
+    dice = DiceMetric(include_background=False, reduction="mean")
+    dice(pred, one_hot(labels, num_classes))
+    psnr = PSNRMetric(max_val=1.0, reduction="mean")
+    psnr(recon.clamp(0, 1), images)
+    return {"mean_dice": float(dice.aggregate()), "psnr": float(psnr.aggregate())}
 
 
 def timed(fn, *args) -> tuple[float, dict, Any]:

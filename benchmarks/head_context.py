@@ -29,20 +29,12 @@ from monai.losses import DiceFocalLoss
 from monai.metrics import DiceMetric
 from monai.networks.utils import one_hot
 
+from benchmarks.fit_decode import load_split
 from scripts.fitting import gather_neighbours, grid_neighbour_index
 from scripts.inferer import MetaSegInferer
 from scripts.network import TRUNK_PREFIXES, MetaSegINR
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_split(parser: ConfigParser, split: str, limit: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Preprocessed images and labels ``[B, 1, H, W]`` of one demo split (the first ``limit``)."""
-    parser["split"] = split
-    preprocessing = parser.get_parsed_content("preprocessing", lazy=False)
-    items = [preprocessing(d) for d in parser.get_parsed_content("dataset#data", lazy=False)[:limit]]
-    images = torch.stack([torch.as_tensor(d["image"]) for d in items]).float()
-    return images, torch.stack([torch.as_tensor(d["label"]) for d in items]).long()
 
 
 def fitted_features(net: MetaSegINR, inferer: MetaSegInferer, images: torch.Tensor) -> torch.Tensor:
@@ -141,7 +133,7 @@ def main() -> None:
     data = {}
     for split in ("train", "val", "test"):
         start = time.perf_counter()
-        images, labels = load_split(parser, split, opts.num_images)
+        images, labels = load_split(opts.num_images, split=split)
         data[split] = (fitted_features(base, inferer, images), labels)
         print(f"{split}: {len(images)} images fitted in {time.perf_counter() - start:.0f} s", flush=True)
 

@@ -41,6 +41,24 @@ def test_scores_skip_classes_absent_from_an_image():
     assert result["psnr"] > 50
 
 
+def test_scores_reduce_dice_as_run_evaluating_does():
+    """Each image's mean over the classes it holds, then the mean over images (MONAI's MeanDice), not one flat mean
+    over all (image, class) pairs."""
+    import torch
+
+    from benchmarks.fit_decode import scores
+
+    labels = torch.zeros(2, 1, 4, 4, dtype=torch.long)
+    labels[:, :, :2] = 1
+    labels[0, :, 3, 3] = 2  # class 2 only in the first image, and missed there
+    pred = labels.clone()
+    pred[0, :, 3, 3] = 0
+    logits = torch.nn.functional.one_hot(pred[:, 0], 3).permute(0, 3, 1, 2).float()
+    images = torch.rand(2, 1, 4, 4)
+    # image 0: (1 + 0) / 2, image 1: 1 (class 2 absent) -> 0.75; a flat mean over the three pairs would give 2 / 3
+    assert scores(logits, images, images, labels)["mean_dice"] == pytest.approx(0.75)
+
+
 def test_meta_cost_settings_are_inner_steps_and_epochs():
     """``--setting 4:36`` is read as 4 inner steps for 36 epochs; anything else is refused with the expected form."""
     import argparse
