@@ -305,14 +305,15 @@ def fmt(x: float) -> str:
     return f"{x:.4f}" if round(x, 4) != 0 else "0.0000"
 
 
-def markdown_table(rows: list[dict], names: dict[str, str]) -> str:
-    """The rows as a markdown table: each model's (``names``: key -> display name) Dice and drop from clean."""
+def markdown_table(rows: list[dict], names: dict[str, str], label: str = "perturbation") -> str:
+    """The rows as a markdown table: each row's ``label`` entry, then each model's (``names``: key -> display name)
+    Dice and drop from the first row."""
     models = list(names)
-    head = "| perturbation |" + "".join(f" {names[m]} Dice | drop |" for m in models)
+    head = f"| {label} |" + "".join(f" {names[m]} Dice | drop |" for m in models)
     lines = [head, "|---|" + "---:|---:|" * len(models)]
     for row in rows:
         cells = "".join(f" {fmt(row[m]['dice'])} | {fmt(row[m]['drop'])} |" for m in models)
-        lines.append(f"| {row['perturbation']} |{cells}")
+        lines.append(f"| {row[label]} |{cells}")
     return "\n".join(lines)
 
 

@@ -13,7 +13,7 @@ import torch
 from monai.networks.nets import BasicUNet
 
 from scripts.demo_data import prepare_demo_data
-from tests.utils import REPO_ROOT, TINY_NET, data_args, save_tiny_metaseg
+from tests.utils import REPO_ROOT, TINY_NET, TINY_UNET_FEATURES, data_args, save_tiny_metaseg
 
 ROWS = [
     "clean",
@@ -30,7 +30,6 @@ ROWS = [
     "left-right flip",
     "test_shifted split",
 ]
-TINY_UNET_FEATURES = [4, 4, 4, 4, 4, 4]
 
 
 @pytest.fixture(scope="module")

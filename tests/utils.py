@@ -22,6 +22,8 @@ TINY_NET = [
     "--network_def#head_channels",
     "16",
 ]
+# the U-Net baseline's features at test size (``--network_def#features``)
+TINY_UNET_FEATURES = [4, 4, 4, 4, 4, 4]
 
 
 def config_metaseg(**overrides: Any) -> torch.nn.Module:

@@ -27,7 +27,7 @@ from .dataset import (
     dataset_folder,
     prepare_demo_data,
 )
-from .synthesis import WM_NORM, generate_subject
+from .synthesis import SHIFT_PARTS, WM_NORM, generate_subject
 
 __all__ = [
     "AFFINE",
@@ -41,6 +41,7 @@ __all__ = [
     "GENERATOR_NAME",
     "GENERATOR_VERSION",
     "MANIFEST_NAME",
+    "SHIFT_PARTS",
     "SPLITS_NAME",
     "WM_NORM",
     "dataset_folder",

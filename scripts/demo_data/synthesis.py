@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 
 import numpy as np
 from scipy import ndimage
 
 from .anatomy import NUM_CLASSES, SLICE_INDEX, SLICE_SHAPE, SLICE_Y_MM, VOLUME_SHAPE, template
 
-__all__ = ["WM_NORM", "generate_subject", "warm_up"]
+__all__ = ["SHIFT_PARTS", "WM_NORM", "generate_subject", "warm_up"]
 
 
 def _rotation(angles: np.ndarray) -> np.ndarray:
@@ -225,6 +226,32 @@ def _draw_params(seed: int, index: int, shifted: bool = False) -> dict:
     return params
 
 
+# the parts of the ``test_shifted`` population's shift, by the subject parameters each one replaces ("anatomy": every
+# parameter the other two do not name: age, atrophy, ventricles, cortical thinning)
+_SHIFT_KEYS = {
+    "contrast": ("csf_ratio", "gm_ratio"),
+    "scanner": ("bias_amp", "wm_level", "offset", "dtype", "noise"),
+}
+SHIFT_PARTS = ("anatomy", "contrast", "scanner")
+
+
+def _partly_shifted_params(seed: int, index: int, parts: tuple[str, ...]) -> dict:
+    """Subject ``index``'s parameters with only ``parts`` (of ``SHIFT_PARTS``) drawn as a ``test_shifted`` subject's.
+
+    Both draws share the generator's stream, so the other parameters (pose, deformation, noise seed, ...) are the
+    subject's own: the same subject seen with, e.g., the shifted contrast alone.
+    """
+    unknown = sorted(set(parts) - set(SHIFT_PARTS))
+    if unknown:
+        raise ValueError(f"unknown shift parts {unknown}; choose from {list(SHIFT_PARTS)}")
+    regular, shifted = _draw_params(seed, index, False), _draw_params(seed, index, True)
+    intensity = {k for keys in _SHIFT_KEYS.values() for k in keys}
+    keys = {k for part in parts if part != "anatomy" for k in _SHIFT_KEYS[part]}
+    if "anatomy" in parts:
+        keys |= set(shifted) - intensity
+    return {**regular, **{k: shifted[k] for k in keys}}
+
+
 def _contrast(t1: np.ndarray, params: dict) -> np.ndarray:
     """Template intensities (white matter = 1) mapped to the subject's tissue contrast (white matter = 1)."""
     knots = [0.0, _TEMPLATE_CSF, _TEMPLATE_GM, _TEMPLATE_WM, 1.2]
@@ -386,18 +413,25 @@ def _reference_points(grid: tuple[np.ndarray, ...]) -> np.ndarray:
 
 
 def generate_subject(
-    seed: int, index: int, spatial_dims: int = 2, shifted: bool = False
+    seed: int, index: int, spatial_dims: int = 2, shifted: bool | Sequence[str] = False
 ) -> tuple[np.ndarray, np.ndarray]:
     """Image and seg4 label array of demo subject ``index`` (1-based): (160, 192) for 2D, (160, 192, 224) for 3D.
 
-    ``shifted`` draws the subject from the out-of-distribution ``test_shifted`` population (see ``_draw_params``).
+    ``shifted`` draws the subject from the out-of-distribution ``test_shifted`` population (see ``_draw_params``);
+    a sequence of ``SHIFT_PARTS`` names shifts only those parts (e.g. ``["contrast"]``: the subject's anatomy and
+    scanner with the shifted tissue contrast; a diagnostic, not used by the demo splits).
     Redraws (deterministically) in the rare case that a foreground class is missing from the slice.
     """
     if spatial_dims not in (2, 3):
         raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
     shape = SLICE_SHAPE if spatial_dims == 2 else VOLUME_SHAPE
     for attempt in range(10):
-        params = _draw_params(seed, index if attempt == 0 else index + 100003 * attempt, shifted)
+        drawn = index if attempt == 0 else index + 100003 * attempt
+        if isinstance(shifted, bool):
+            params = _draw_params(seed, drawn, shifted)
+        else:
+            parts = (shifted,) if isinstance(shifted, str) else tuple(shifted)
+            params = _partly_shifted_params(seed, drawn, parts)
         img, seg = _synthesise(params, _reference_grid(SLICE_Y_MM + params["y_jitter"], spatial_dims), shape)
         if np.all(np.bincount(seg.ravel(), minlength=NUM_CLASSES)[1:] > 0):
             break
