@@ -300,6 +300,40 @@ def measure_bias_field(args: argparse.Namespace, sets: dict[str, Any], model: st
         return {"bias_field_max_min": float(field[brain].max() / field[brain].min()), "brain_p75": reference}
 
 
+def unknown_sets(models: list[str], args: argparse.Namespace, sets: dict[str, Any]) -> list[str]:
+    """The ``--set`` ids that none of ``models``' configs defines (typos), in the order given."""
+    with tempfile.TemporaryDirectory() as tmp:
+        known = [build_parser(m, args, {}, tmp) for m in models]
+        return [k for k in sets if not any(k in p for p in known)]
+
+
+def report(
+    script: str,
+    rows: list[dict],
+    names: dict[str, str],
+    info: dict[str, Any],
+    output: str | None,
+    argv: list[str] | None,
+    label: str = "perturbation",
+) -> dict:
+    """Add each row's drop from the first row, print the Markdown table and the command line of
+    ``python -m benchmarks.<script>``, write ``{models, rows, **info, command}`` to ``output`` (JSON) if given and
+    return it."""
+    for row in rows:
+        for m in names:
+            row[m]["drop"] = rows[0][m]["dice"] - row[m]["dice"]
+    command = shlex.join(["python", "-m", f"benchmarks.{script}", *(sys.argv[1:] if argv is None else argv)])
+    print()
+    print(markdown_table(rows, names, label))
+    print()
+    print(f"command: {command}")
+    result = {"models": names, "rows": rows, **info, "command": command}
+    if output:
+        Path(output).parent.mkdir(parents=True, exist_ok=True)
+        Path(output).write_text(json.dumps(result, indent=1) + "\n")
+    return result
+
+
 def fmt(x: float) -> str:
     """4 decimals, without a ``-0.0000`` for a drop that rounds to zero."""
     return f"{x:.4f}" if round(x, 4) != 0 else "0.0000"
@@ -389,10 +423,7 @@ def main(argv: list[str] | None = None) -> dict:
         sets = parse_sets(args.sets)
     except ValueError as e:
         ap.error(str(e))
-    with tempfile.TemporaryDirectory() as tmp:
-        known = {m: build_parser(m, args, {}, tmp) for m in models}
-        unknown = [k for k in sets if not any(k in p for p in known.values())]
-        del known
+    unknown = unknown_sets(models, args, sets)
     if unknown:
         ap.error(f"--set ids that no selected model's config defines: {unknown}")
 
@@ -415,19 +446,8 @@ def main(argv: list[str] | None = None) -> dict:
             row[m] = {"dice": dice, "num_images": count}
             print(f"{name:>20s}  {model_names[m]:>9s}  Dice {dice:.4f}  ({count} images)", flush=True)
         rows.append(row)
-    for row in rows:
-        for m in models:
-            row[m]["drop"] = rows[0][m]["dice"] - row[m]["dice"]
-
-    command = shlex.join(["python", "-m", "benchmarks.robustness", *(sys.argv[1:] if argv is None else argv)])
-    print()
-    print(markdown_table(rows, model_names))
-    print()
-    print(f"command: {command}")
-    result = {
-        "models": model_names,
+    info = {
         "spatial_dims": args.spatial_dims,
-        "rows": rows,
         "bias_field_max_min": field["bias_field_max_min"],
         "brain_p75_first_image": field["brain_p75"],
         "sets": sets,
@@ -435,12 +455,8 @@ def main(argv: list[str] | None = None) -> dict:
         "num_images": args.num_images,
         "split": args.split,
         "seconds": time.perf_counter() - start,
-        "command": command,
     }
-    if args.output:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(json.dumps(result, indent=1) + "\n")
-    return result
+    return report("robustness", rows, model_names, info, args.output, argv)
 
 
 if __name__ == "__main__":

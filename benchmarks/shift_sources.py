@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -28,7 +26,7 @@ from typing import Any
 import nibabel as nib
 
 from benchmarks.intensity_reference import VAL_FIRST_INDEX
-from benchmarks.robustness import MODELS, build_parser, evaluate, markdown_table, parse_sets, prepare
+from benchmarks.robustness import MODELS, evaluate, parse_sets, prepare, report, unknown_sets
 from scripts.demo_data import AFFINE, DEMO_SUBJECT_FMT, SHIFT_PARTS, generate_subject
 
 # (row name, the parts of the test_shifted population's shift that its subjects take)
@@ -88,26 +86,17 @@ def main(argv: list[str] | None = None) -> dict:
         ap.error(str(e))
     models = list(dict.fromkeys(args.models))
     names = {m: MODELS[2][m]["name"] for m in models}
+    eval_args = argparse.Namespace(
+        spatial_dims=2, preset=[], ckpt_dir=args.ckpt_dir, dataset_dir=None, splits_file=None, num_images=None
+    )
+    unknown = unknown_sets(models, eval_args, sets)
+    if unknown:
+        ap.error(f"--set ids that no selected model's config defines: {unknown}")
     start = time.perf_counter()
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="shift-sources-") as tmp:
-        splits_file = write_variants(
-            Path(tmp), args.seed, list(range(args.first_index, args.first_index + args.num_images))
-        )
-        eval_args = argparse.Namespace(
-            spatial_dims=2,
-            preset=[],
-            ckpt_dir=args.ckpt_dir,
-            dataset_dir=tmp,
-            splits_file=str(splits_file),
-            num_images=None,
-        )
-        with tempfile.TemporaryDirectory() as out:
-            known = {m: build_parser(m, eval_args, {}, out) for m in models}
-            unknown = [k for k in sets if not any(k in p for p in known.values())]
-            del known
-        if unknown:
-            ap.error(f"--set ids that no selected model's config defines: {unknown}")
+        indices = list(range(args.first_index, args.first_index + args.num_images))
+        eval_args.dataset_dir, eval_args.splits_file = tmp, str(write_variants(Path(tmp), args.seed, indices))
         for m in models:
             prepare(m, eval_args, sets)
         for name, parts in ROWS:
@@ -117,28 +106,13 @@ def main(argv: list[str] | None = None) -> dict:
                 row[m] = {"dice": dice, "num_images": count}
                 print(f"{name:>20s}  {names[m]:>9s}  Dice {dice:.4f}  ({count} images)", flush=True)
             rows.append(row)
-    for row in rows:
-        for m in models:
-            row[m]["drop"] = rows[0][m]["dice"] - row[m]["dice"]
-
-    command = shlex.join(["python", "-m", "benchmarks.shift_sources", *(sys.argv[1:] if argv is None else argv)])
-    print()
-    print(markdown_table(rows, names, label="shift"))
-    print()
-    print(f"command: {command}")
-    result = {
-        "models": names,
-        "rows": rows,
+    info = {
         "seed": args.seed,
         "subject_indices": [args.first_index, args.first_index + args.num_images - 1],
         "sets": sets,
         "seconds": time.perf_counter() - start,
-        "command": command,
     }
-    if args.output:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(json.dumps(result, indent=1) + "\n")
-    return result
+    return report("shift_sources", rows, names, info, args.output, argv, label="shift")
 
 
 if __name__ == "__main__":
