@@ -96,13 +96,13 @@ def score_grid(net: MetaSegINR, feats: torch.Tensor, labels: torch.Tensor) -> li
 
 
 def _dice(preds: torch.Tensor, labels: torch.Tensor, num_classes: int) -> list[float]:
-    """Mean foreground Dice, then the Dice of each foreground class, averaged over images."""
+    """Mean foreground Dice as ``run evaluating`` reduces it (each image's mean over the classes it has, then the mean
+    over images), then the Dice of each foreground class, averaged over the images that have it."""
     shape = labels.shape[2:]
-    dice = DiceMetric(include_background=False)(
-        one_hot(preds.reshape(-1, 1, *shape), num_classes), one_hot(labels, num_classes)
-    )
-    per_class = dice.as_tensor().nanmean(0)  # [B, C - 1] -> per class
-    return [float(per_class.mean()), *(float(d) for d in per_class)]
+    metric = DiceMetric(include_background=False)
+    dice = metric(one_hot(preds.reshape(-1, 1, *shape), num_classes), one_hot(labels, num_classes))
+    per_class = torch.as_tensor(dice).nanmean(0)  # [B, C - 1] -> per class
+    return [float(metric.aggregate()), *(float(d) for d in per_class)]
 
 
 @torch.no_grad()

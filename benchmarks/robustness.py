@@ -322,12 +322,18 @@ def report(
     for row in rows:
         for m in names:
             row[m]["drop"] = rows[0][m]["dice"] - row[m]["dice"]
-    command = shlex.join(["python", "-m", f"benchmarks.{script}", *(sys.argv[1:] if argv is None else argv)])
     print()
     print(markdown_table(rows, names, label))
+    return write_result(script, {"models": names, "rows": rows, **info}, output, argv)
+
+
+def write_result(script: str, result: dict, output: str | None, argv: list[str] | None) -> dict:
+    """Print the command line of ``python -m benchmarks.<script>``, add it to ``result`` and write that to ``output``
+    (JSON) if given; return it."""
+    command = shlex.join(["python", "-m", f"benchmarks.{script}", *(sys.argv[1:] if argv is None else argv)])
     print()
     print(f"command: {command}")
-    result = {"models": names, "rows": rows, **info, "command": command}
+    result = {**result, "command": command}
     if output:
         Path(output).parent.mkdir(parents=True, exist_ok=True)
         Path(output).write_text(json.dumps(result, indent=1) + "\n")

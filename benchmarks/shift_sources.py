@@ -12,6 +12,14 @@ them to a temporary folder and evaluates MetaSeg and the U-Net on each set with 
     python -m benchmarks.shift_sources --output eval/shift_sources.json
 
 ``--set KEY=VALUE`` and ``--ckpt_dir`` work as in ``benchmarks.robustness``.
+
+``--tissue_levels`` evaluates no model: it prints where the intensity normalization puts each tissue on each row (the
+median normalized intensity of each foreground class, mean over the subjects, and its move from the ``none`` row in
+standard deviations of the ``none`` subjects), for the configs' ``normalize_intensity``, its linear variant (no
+contrast standardization) and a power law through each ``--contrast_percentile`` (its value measured on the demo
+training subjects as ``benchmarks.intensity_reference`` does):
+
+    python -m benchmarks.shift_sources --tissue_levels --contrast_percentile 50 --output eval/shift_tissues.json
 """
 
 from __future__ import annotations
@@ -24,10 +32,14 @@ from pathlib import Path
 from typing import Any
 
 import nibabel as nib
+import numpy as np
+import torch
+from monai.bundle import ConfigParser
 
-from benchmarks.intensity_reference import VAL_FIRST_INDEX
-from benchmarks.robustness import MODELS, evaluate, parse_sets, prepare, report, unknown_sets
+from benchmarks.intensity_reference import REPO_ROOT, VAL_FIRST_INDEX, measure_contrast_value
+from benchmarks.robustness import MODELS, evaluate, parse_sets, prepare, report, unknown_sets, write_result
 from scripts.demo_data import AFFINE, DEMO_SUBJECT_FMT, SHIFT_PARTS, generate_subject
+from scripts.intensity import NormalizeBrainIntensity
 
 # (row name, the parts of the test_shifted population's shift that its subjects take)
 ROWS: list[tuple[str, list[str]]] = [
@@ -39,27 +51,81 @@ ROWS: list[tuple[str, list[str]]] = [
     ("all", list(SHIFT_PARTS)),
 ]
 SPLITS_NAME = "shift_sources_splits.json"
+TISSUES = ("cortex", "subcortical GM", "white matter", "CSF")  # seg4 labels 1-4
+
+
+def write_subjects(root: Path, folder: str, seed: int, indices: list[int], parts: list[str]) -> list[dict[str, str]]:
+    """Write the demo subjects ``indices`` with the ``parts`` of the shift (2D slices in the neurite-oasis layout)
+    under ``root/folder/``; return their datalist entries, relative to ``root``."""
+    entries = []
+    for index in indices:
+        img, seg = generate_subject(seed, index, 2, shifted=parts)
+        subject = Path(folder) / DEMO_SUBJECT_FMT.format(index)
+        (root / subject).mkdir(parents=True)
+        for arr, kind in ((img, "norm"), (seg, "seg4")):
+            nifti = nib.Nifti1Image(arr, AFFINE)
+            nifti.header.set_data_dtype(arr.dtype)
+            nib.save(nifti, str(root / subject / f"slice_{kind}.nii.gz"))
+        entries.append({"img": f"{subject}/slice_norm.nii.gz", "seg4": f"{subject}/slice_seg4.nii.gz"})
+    return entries
 
 
 def write_variants(root: Path, seed: int, indices: list[int]) -> Path:
-    """Write each row's subjects (2D slices in the neurite-oasis layout) under ``root/<row>/``; return the splits
-    JSON, one split per row name."""
-    splits: dict[str, list[dict[str, str]]] = {}
-    for name, parts in ROWS:
-        folder = name.replace(" + ", "_")
-        splits[name] = []
-        for index in indices:
-            img, seg = generate_subject(seed, index, 2, shifted=parts)
-            subject = Path(folder) / DEMO_SUBJECT_FMT.format(index)
-            (root / subject).mkdir(parents=True)
-            for arr, kind in ((img, "norm"), (seg, "seg4")):
-                nifti = nib.Nifti1Image(arr, AFFINE)
-                nifti.header.set_data_dtype(arr.dtype)
-                nib.save(nifti, str(root / subject / f"slice_{kind}.nii.gz"))
-            splits[name].append({"img": f"{subject}/slice_norm.nii.gz", "seg4": f"{subject}/slice_seg4.nii.gz"})
+    """Write each row's subjects under ``root/<row>/``; return the splits JSON, one split per row name."""
+    splits = {name: write_subjects(root, name.replace(" + ", "_"), seed, indices, parts) for name, parts in ROWS}
     path = root / SPLITS_NAME
     path.write_text(json.dumps(splits, indent=1))
     return path
+
+
+def normalizations(seed: int, contrast_percentiles: list[float]) -> dict[str, NormalizeBrainIntensity]:
+    """The configs' ``normalize_intensity`` (``configs/inference.json``), its linear variant, and a power law through
+    each of ``contrast_percentiles`` with its ``contrast_value`` measured on the demo training subjects."""
+    config = ConfigParser.load_config_file(str(REPO_ROOT / "configs" / "inference.json"))["normalize_intensity"]
+    kwargs = {k: v for k, v in config.items() if k not in ("_target_", "keys")}
+    maps = {
+        f"configs (p{kwargs['percentile']:g}, p{kwargs['contrast_percentile']:g})": NormalizeBrainIntensity(**kwargs),
+        f"linear (p{kwargs['percentile']:g})": NormalizeBrainIntensity(kwargs["percentile"]),
+    }
+    for q in contrast_percentiles:
+        value = round(measure_contrast_value(seed, q)[0], 3)
+        kwargs.update(contrast_percentile=q, contrast_value=value)
+        maps[f"p{kwargs['percentile']:g}, p{q:g} -> {value:g}"] = NormalizeBrainIntensity(**kwargs)
+    return maps
+
+
+def tissue_levels(seed: int, indices: list[int], contrast_percentiles: list[float]) -> dict[str, Any]:
+    """Per normalization and row: the subjects' median normalized intensity of each tissue (mean over subjects) and
+    its move from the ``none`` row in standard deviations of the ``none`` subjects."""
+    subjects = {name: [generate_subject(seed, i, 2, shifted=parts) for i in indices] for name, parts in ROWS}
+    result: dict[str, Any] = {}
+    for label, normalize in normalizations(seed, contrast_percentiles).items():
+        levels = {}
+        for name, pairs in subjects.items():
+            medians = []
+            for img, seg in pairs:
+                x = normalize(torch.as_tensor(img[None].astype(np.float32)), source=f"{name} subject")[0].numpy()
+                medians.append([float(np.median(x[seg == c])) for c in range(1, len(TISSUES) + 1)])
+            levels[name] = np.array(medians)
+        mean, std = levels["none"].mean(0), levels["none"].std(0)
+        result[label] = {
+            name: {
+                t: {"level": float(m), "move": float(z)}
+                for t, m, z in zip(TISSUES, v.mean(0), (v.mean(0) - mean) / std)
+            }
+            for name, v in levels.items()
+        }
+    return result
+
+
+def tissue_table(levels: dict[str, Any]) -> str:
+    """Markdown table of :func:`tissue_levels`: one line per normalization and row, ``level (move)`` per tissue."""
+    lines = ["| normalization | shift | " + " | ".join(TISSUES) + " |", "|---" * (len(TISSUES) + 2) + "|"]
+    for label, rows in levels.items():
+        for name, cells in rows.items():
+            text = [f"{c['level']:.3f} ({c['move']:+.1f})" for c in cells.values()]
+            lines.append(f"| {label} | {name} | " + " | ".join(text) + " |")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -77,9 +143,21 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--ckpt_dir", default=None, help="folder of the models' weights (default: models/)")
     ap.add_argument("--output", default=None, help="JSON file for the results (optional)")
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="config override")
+    ap.add_argument("--tissue_levels", action="store_true", help="normalized tissue levels per row; no model")
+    ap.add_argument(
+        "--contrast_percentile", type=float, action="append", default=[], help="with --tissue_levels: a power law"
+    )
     args = ap.parse_args(argv)
     if args.num_images < 1:
         ap.error("--num_images must be at least 1")
+    if args.contrast_percentile and not args.tissue_levels:
+        ap.error("--contrast_percentile needs --tissue_levels")
+    indices = list(range(args.first_index, args.first_index + args.num_images))
+    if args.tissue_levels:
+        levels = tissue_levels(args.seed, indices, args.contrast_percentile)
+        print(tissue_table(levels))
+        info = {"seed": args.seed, "subject_indices": [indices[0], indices[-1]]}
+        return write_result("shift_sources", {"tissue_levels": levels, **info}, args.output, argv)
     try:
         sets = parse_sets(args.sets)
     except ValueError as e:
@@ -95,7 +173,6 @@ def main(argv: list[str] | None = None) -> dict:
     start = time.perf_counter()
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="shift-sources-") as tmp:
-        indices = list(range(args.first_index, args.first_index + args.num_images))
         eval_args.dataset_dir, eval_args.splits_file = tmp, str(write_variants(Path(tmp), args.seed, indices))
         for m in models:
             prepare(m, eval_args, sets)
@@ -108,7 +185,7 @@ def main(argv: list[str] | None = None) -> dict:
             rows.append(row)
     info = {
         "seed": args.seed,
-        "subject_indices": [args.first_index, args.first_index + args.num_images - 1],
+        "subject_indices": [indices[0], indices[-1]],
         "sets": sets,
         "seconds": time.perf_counter() - start,
     }

@@ -59,6 +59,22 @@ def test_scores_reduce_dice_as_run_evaluating_does():
     assert scores(logits, images, images, labels)["mean_dice"] == pytest.approx(0.75)
 
 
+def test_head_context_reduces_dice_as_run_evaluating_does():
+    """The head ablation's mean Dice is the same reduction; its per-class Dice averages the images that hold the
+    class."""
+    import torch
+
+    from benchmarks.head_context import _dice
+
+    labels = torch.zeros(2, 1, 4, 4, dtype=torch.long)
+    labels[:, :, :2] = 1
+    labels[0, :, 3, 3] = 2  # class 2 only in the first image, and missed there
+    preds = labels.clone()[:, 0]
+    preds[0, 3, 3] = 0
+    # per class: 1 and 0; their mean would be 0.5, run evaluating's reduction gives 0.75
+    assert _dice(preds, labels, 3) == pytest.approx([0.75, 1.0, 0.0])
+
+
 def test_meta_cost_settings_are_inner_steps_and_epochs():
     """``--setting 4:36`` is read as 4 inner steps for 36 epochs; anything else is refused with the expected form."""
     import argparse

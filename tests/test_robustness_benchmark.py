@@ -10,10 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from monai.networks.nets import BasicUNet
 
 from scripts.demo_data import prepare_demo_data
-from tests.utils import REPO_ROOT, TINY_NET, TINY_UNET_FEATURES, data_args, save_tiny_metaseg
+from tests.utils import REPO_ROOT, TINY_NET, TINY_UNET_FEATURES, data_args, save_tiny_metaseg, save_tiny_unet
 
 ROWS = [
     "clean",
@@ -39,9 +38,7 @@ def tiny_setup(tmp_path_factory) -> tuple[Path, Path, Path]:
     splits = prepare_demo_data(str(root / "demo"), num_train=1, num_val=1, num_test=2, seed=1)
     models = root / "models"
     save_tiny_metaseg(models)
-    torch.manual_seed(0)
-    unet = BasicUNet(spatial_dims=2, in_channels=1, out_channels=5, features=tuple(TINY_UNET_FEATURES))
-    torch.save(unet.state_dict(), models / "unet.pt")
+    save_tiny_unet(models)
     return root / "demo", Path(splits), models
 
 

@@ -3,19 +3,41 @@
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 import sys
 
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
-from monai.networks.nets import BasicUNet
 
 from scripts.demo_data import SHIFT_PARTS, generate_subject, prepare_demo_data
-from tests.utils import REPO_ROOT, TINY_NET, TINY_UNET_FEATURES, bundle_env, data_args, run_bundle, save_tiny_metaseg
+from tests.utils import (
+    REPO_ROOT,
+    TINY_NET,
+    TINY_UNET_FEATURES,
+    bundle_env,
+    data_args,
+    run_bundle,
+    save_tiny_metaseg,
+    save_tiny_unet,
+)
 
 EVAL = "['configs/inference.json','configs/evaluate.json']"
+
+
+def run_benchmark(script: str, args: list[str], cwd, timeout: int = 300) -> subprocess.CompletedProcess:
+    """``python -m benchmarks.<script> ARGS`` from ``cwd``; fails the test unless it exits 0."""
+    proc = subprocess.run(
+        [sys.executable, "-m", f"benchmarks.{script}", *args],
+        cwd=cwd,
+        env=bundle_env(PYTHONPATH=str(REPO_ROOT)),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    return proc
 
 
 def test_evaluating_the_shifted_split(tmp_path):
@@ -68,23 +90,13 @@ def test_shift_sources_benchmark(tmp_path):
     the Markdown table, and nothing written to the working directory."""
     ckpt = tmp_path / "models"
     save_tiny_metaseg(ckpt)
-    torch.manual_seed(0)
-    unet = BasicUNet(spatial_dims=2, in_channels=1, out_channels=5, features=tuple(TINY_UNET_FEATURES))
-    torch.save(unet.state_dict(), ckpt / "unet.pt")
+    save_tiny_unet(ckpt)
     cwd, output = tmp_path / "cwd", tmp_path / "out" / "shift.json"
     cwd.mkdir()
     sets = [f"--set={k.lstrip('-')}={v}" for k, v in zip(TINY_NET[::2], TINY_NET[1::2])]
     args = ["--num_images", "1", "--ckpt_dir", str(ckpt), "--output", str(output), *sets, "--set", "fit_steps=2"]
     args += ["--set", f"network_def#features={json.dumps(TINY_UNET_FEATURES)}"]
-    proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.shift_sources", *args],
-        cwd=cwd,
-        env=bundle_env(PYTHONPATH=str(REPO_ROOT)),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    proc = run_benchmark("shift_sources", args, cwd)
     assert list(cwd.iterdir()) == []
     result = json.loads(output.read_text())
     assert [row["shift"] for row in result["rows"]] == [
@@ -100,3 +112,47 @@ def test_shift_sources_benchmark(tmp_path):
             assert 0.0 <= row[model]["dice"] <= 1.0 and row[model]["num_images"] == 1, row
             assert row[model]["drop"] == pytest.approx(result["rows"][0][model]["dice"] - row[model]["dice"])
     assert "| shift | MetaSeg Dice | drop | U-Net Dice | drop |" in proc.stdout.splitlines()
+
+
+def test_shift_sources_tissue_levels(tmp_path):
+    """``--tissue_levels``: one line per normalization and shift, no model read, the ``none`` row unmoved."""
+    output = tmp_path / "levels.json"
+    args = ["--tissue_levels", "--num_images", "2", "--ckpt_dir", str(tmp_path / "no_models"), "--output", str(output)]
+    proc = run_benchmark("shift_sources", args, tmp_path)
+    levels = json.loads(output.read_text())["tissue_levels"]
+    assert list(levels) == ["configs (p75, p25)", "linear (p75)"]
+    for rows in levels.values():
+        assert len(rows) == 6
+        for tissue in rows["none"].values():
+            assert tissue["move"] == pytest.approx(0.0, abs=1e-9)
+        assert rows["none"]["cortex"]["level"] < rows["none"]["white matter"]["level"]
+    assert "| configs (p75, p25) | all |" in proc.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["levels.json"]
+
+
+def test_shifted_oracle_benchmark(tmp_path):
+    """``python -m benchmarks.shifted_oracle`` end to end with a tiny U-Net and one epoch: the shifted data and the
+    weights land in ``--work_dir``, both U-Nets are scored on both validation sets, and a rerun reuses the work."""
+    ckpt = tmp_path / "models"
+    save_tiny_unet(ckpt)
+    work, output, cwd = tmp_path / "work", tmp_path / "oracle.json", tmp_path / "cwd"
+    cwd.mkdir()
+    args = ["--work_dir", str(work), "--ckpt_dir", str(ckpt), "--output", str(output)]
+    args += ["--num_train", "2", "--num_val", "1", "--set", "train#trainer#max_epochs=1"]
+    args += ["--set", f"network_def#features={json.dumps(TINY_UNET_FEATURES)}"]
+    for attempt in range(2):
+        proc = run_benchmark("shifted_oracle", args, cwd, timeout=600)
+        assert ("not trained again" in proc.stdout) == (attempt == 1)
+    assert list(cwd.iterdir()) == []
+    splits = json.loads((work / "data" / "splits.json").read_text())
+    assert {k: len(v) for k, v in splits.items()} == {"train": 2, "val": 1, "val_clean": 1}
+    assert nib.load(str(work / "data" / splits["val"][0]["img"])).get_data_dtype() == np.int16
+    assert nib.load(str(work / "data" / splits["val_clean"][0]["img"])).get_data_dtype() != np.int16
+    assert (work / "models" / "unet.pt").is_file()
+    result = json.loads(output.read_text())
+    assert [r["trained_on"] for r in result["rows"]] == ["clean", "shifted"]
+    for row in result["rows"]:
+        for split in ("val_clean", "val"):
+            assert 0.0 <= row[split]["dice"] <= 1.0 and row[split]["num_images"] == 1, row
+    command = shlex.split(result["train_command"])
+    assert command[command.index("--train#trainer#max_epochs") + 1] == "1"

@@ -53,6 +53,18 @@ def save_tiny_metaseg(models_dir: Path) -> Path:
     return models_dir / "model.pt"
 
 
+def save_tiny_unet(models_dir: Path) -> Path:
+    """Random (seeded) weights of a ``TINY_UNET_FEATURES`` U-Net as ``<models_dir>/unet.pt`` (the benchmarks take
+    ``network_def#features`` set to match)."""
+    from monai.networks.nets import BasicUNet
+
+    models_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    unet = BasicUNet(spatial_dims=2, in_channels=1, out_channels=5, features=tuple(TINY_UNET_FEATURES))
+    torch.save(unet.state_dict(), models_dir / "unet.pt")
+    return models_dir / "unet.pt"
+
+
 def data_args(dataset_dir: Path, splits_file: Path, ckpt_dir: Path) -> list[str]:
     """Overrides pointing a workflow at a (tiny) dataset and checkpoint folder, with the tiny network."""
     return [
