@@ -152,6 +152,8 @@ def main(argv: list[str] | None = None) -> dict:
         ap.error("--num_images must be at least 1")
     if args.contrast_percentile and not args.tissue_levels:
         ap.error("--contrast_percentile needs --tissue_levels")
+    if args.tissue_levels and args.sets:
+        ap.error("--set changes a model's config; --tissue_levels evaluates no model")
     indices = list(range(args.first_index, args.first_index + args.num_images))
     if args.tissue_levels:
         levels = tissue_levels(args.seed, indices, args.contrast_percentile)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -43,15 +44,17 @@ def write_data(data_dir: Path, seed: int, num_train: int, num_val: int) -> Path:
     if data_dir.exists():
         raise FileExistsError(f"{data_dir}: exists without splits.json (an interrupted run?); delete it and rerun.")
     tmp = data_dir.with_name(data_dir.name + ".tmp")
-    if tmp.exists():
-        raise FileExistsError(f"{tmp}: left by an interrupted run; delete it and rerun.")
-    splits = {}
-    for name, (first, shifted) in SPLITS.items():
-        count = num_train if name == "train" else num_val
-        parts = list(SHIFT_PARTS) if shifted else []
-        splits[name] = write_subjects(tmp, name, seed, list(range(first, first + count)), parts)
-    (tmp / "splits.json").write_text(json.dumps(splits, indent=1))
-    tmp.rename(data_dir)
+    shutil.rmtree(tmp, ignore_errors=True)  # a killed run's leftovers
+    try:
+        splits = {}
+        for name, (first, shifted) in SPLITS.items():
+            count = num_train if name == "train" else num_val
+            parts = list(SHIFT_PARTS) if shifted else []
+            splits[name] = write_subjects(tmp, name, seed, list(range(first, first + count)), parts)
+        (tmp / "splits.json").write_text(json.dumps(splits, indent=1))
+        tmp.rename(data_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return splits_file
 
 
