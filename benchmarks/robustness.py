@@ -300,6 +300,16 @@ def measure_bias_field(args: argparse.Namespace, sets: dict[str, Any], model: st
         return {"bias_field_max_min": float(field[brain].max() / field[brain].min()), "brain_p75": reference}
 
 
+def eval_namespace(
+    ckpt_dir: str | None, dataset_dir: str | None = None, splits_file: str | None = None
+) -> argparse.Namespace:
+    """The options :func:`build_parser` reads, for a 2D evaluation without preset or image limit (the other
+    benchmarks' way to call :func:`prepare` and :func:`evaluate`)."""
+    return argparse.Namespace(
+        spatial_dims=2, preset=[], ckpt_dir=ckpt_dir, dataset_dir=dataset_dir, splits_file=splits_file, num_images=None
+    )
+
+
 def unknown_sets(models: list[str], args: argparse.Namespace, sets: dict[str, Any]) -> list[str]:
     """The ``--set`` ids that none of ``models``' configs defines (typos), in the order given."""
     with tempfile.TemporaryDirectory() as tmp:

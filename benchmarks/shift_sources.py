@@ -37,7 +37,16 @@ import torch
 from monai.bundle import ConfigParser
 
 from benchmarks.intensity_reference import REPO_ROOT, VAL_FIRST_INDEX, measure_contrast_value
-from benchmarks.robustness import MODELS, evaluate, parse_sets, prepare, report, unknown_sets, write_result
+from benchmarks.robustness import (
+    MODELS,
+    eval_namespace,
+    evaluate,
+    parse_sets,
+    prepare,
+    report,
+    unknown_sets,
+    write_result,
+)
 from scripts.demo_data import AFFINE, DEMO_SUBJECT_FMT, SHIFT_PARTS, generate_subject
 from scripts.intensity import NormalizeBrainIntensity
 
@@ -166,9 +175,7 @@ def main(argv: list[str] | None = None) -> dict:
         ap.error(str(e))
     models = list(dict.fromkeys(args.models))
     names = {m: MODELS[2][m]["name"] for m in models}
-    eval_args = argparse.Namespace(
-        spatial_dims=2, preset=[], ckpt_dir=args.ckpt_dir, dataset_dir=None, splits_file=None, num_images=None
-    )
+    eval_args = eval_namespace(args.ckpt_dir)
     unknown = unknown_sets(models, eval_args, sets)
     if unknown:
         ap.error(f"--set ids that no selected model's config defines: {unknown}")

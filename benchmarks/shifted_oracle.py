@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 from benchmarks.intensity_reference import NUM_TRAIN, REPO_ROOT, VAL_FIRST_INDEX
-from benchmarks.robustness import evaluate, fmt, parse_sets, write_result
+from benchmarks.robustness import eval_namespace, evaluate, fmt, parse_sets, write_result
 from benchmarks.shift_sources import write_subjects
 from scripts.demo_data import SHIFT_PARTS
 
@@ -61,7 +61,7 @@ def write_data(data_dir: Path, seed: int, num_train: int, num_val: int) -> Path:
 def train_command(work_dir: Path, data_dir: Path, splits_file: Path, sets: list[str]) -> list[str]:
     """The bundle's documented U-Net ``run training`` command, on the shifted data, writing into ``work_dir``, with
     each ``KEY=VALUE`` of ``sets`` as ``--KEY VALUE``."""
-    overrides = [arg for kv in sets for arg in ("--" + kv.split("=", 1)[0], kv.split("=", 1)[1])]
+    overrides = [arg for key, _, value in (kv.partition("=") for kv in sets) for arg in ("--" + key, value)]
     return [
         *("python", "-m", "monai.bundle", "run", "training", "--config_file", UNET_CONFIGS),
         *("--logging_file", "configs/logging.conf"),
@@ -106,15 +106,8 @@ def main(argv: list[str] | None = None) -> dict:
     rows = []
     for population, ckpt_dir in trained_on.items():
         row = {"trained_on": population}
+        eval_args = eval_namespace(ckpt_dir, str(data_dir), str(splits_file))
         for split in ("val_clean", "val"):
-            eval_args = argparse.Namespace(
-                spatial_dims=2,
-                preset=[],
-                ckpt_dir=ckpt_dir,
-                dataset_dir=str(data_dir),
-                splits_file=str(splits_file),
-                num_images=None,
-            )
             dice, count = evaluate("unet", eval_args, sets, [], split)
             row[split] = {"dice": dice, "num_images": count}
             print(f"U-Net trained on {population:>7s}, {split:>9s}: Dice {dice:.4f} ({count} images)", flush=True)
