@@ -11,14 +11,18 @@ moves grey matter and CSF. The contrast-standardizing map (``contrast_percentile
 brain percentile to a fixed value) can; its ``contrast_value`` is measured here as the mean over the demo TRAINING
 subjects, and both maps are compared by the spread of the median normalized cortex, white matter and CSF over the
 validation subjects and perturbations. ``scripts.intensity.NormalizeBrainIntensity`` and the configs'
-``normalize_intensity`` use the result (docs/benchmarks.md).
+``normalize_intensity`` use the result (docs/benchmarks.md). ``--floor_level`` takes the lower percentile over the
+brain above a CSF cut at that level of the linear map (``tissue_floor``, its exponent measured on the training
+subjects too; a candidate of release 0.16.3, not in the configs).
 
     python -m benchmarks.intensity_reference --num_subjects 20
+    python -m benchmarks.intensity_reference --num_subjects 20 --contrast_percentile 35 --floor_level 0.45
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -75,6 +79,12 @@ def main() -> None:
     parser.add_argument("--num_subjects", type=int, default=20, help="demo validation subjects (at most 20)")
     parser.add_argument("--seed", type=int, default=0, help="demo-data seed (configs: 0)")
     parser.add_argument("--contrast_percentile", type=float, default=25.0, help="lower landmark of the power law")
+    parser.add_argument(
+        "--floor_level",
+        type=float,
+        default=0.0,
+        help="CSF cut of the lower landmark, as a level of the linear map on typical training subjects (0: none)",
+    )
     args = parser.parse_args()
 
     candidates = {f"brain p{q:g}": percentile_reference(q) for q in (50, 75, 90, 95, 99)}
@@ -95,15 +105,19 @@ def main() -> None:
         cells = [f"{np.mean(rows[n]):.3f} ({np.std(rows[n]):.3f})" for n in names]
         print(f"| {cand} | " + " | ".join(cells) + f" | **{np.std(every) / abs(np.mean(every)):.3f}** |")
 
-    contrast_value = measure_contrast_value(args.seed, args.contrast_percentile)
+    q = args.contrast_percentile
+    floor = round(measure_tissue_floor(args.seed, q, args.floor_level), 2) if args.floor_level > 0 else 0.0
+    contrast_value = measure_contrast_value(args.seed, q, floor)
+    above = f" above cut {floor:g}" if floor else ""
     print(
-        f"\ncontrast value (the brain's {args.contrast_percentile:g}th percentile after the linear map) over the "
-        f"{NUM_TRAIN} demo training subjects: mean {contrast_value[0]:.3f} (std {contrast_value[1]:.3f})\n"
+        f"\ntissue floor (exponent of the CSF cut at level {args.floor_level:g}; 0: none): {floor:g}; contrast value "
+        f"(the brain's {q:g}th percentile{above}, after the linear map) over the {NUM_TRAIN} demo training "
+        f"subjects: mean {contrast_value[0]:.3f} (std {contrast_value[1]:.3f})\n"
     )
     maps = {
         "linear (p75)": NormalizeBrainIntensity(),
-        f"power law (p75, p{args.contrast_percentile:g} -> {contrast_value[0]:.3f})": NormalizeBrainIntensity(
-            contrast_percentile=args.contrast_percentile, contrast_value=round(contrast_value[0], 3)
+        f"power law (p75, p{q:g}{above} -> {contrast_value[0]:.3f})": NormalizeBrainIntensity(
+            contrast_percentile=q, contrast_value=round(contrast_value[0], 3), tissue_floor=floor
         ),
     }
     print("median normalized tissue intensity over the validation subjects and perturbations: mean (std / mean)\n")
@@ -123,17 +137,28 @@ def main() -> None:
                 f"{every.mean():.3f} ({every.std() / every.mean():.3f})",
             ]
         print(f"| {label} | " + " | ".join(cells) + " |")
-    print(f"\ncommand: python -m benchmarks.intensity_reference --num_subjects {args.num_subjects}")
+    print(
+        f"\ncommand: python -m benchmarks.intensity_reference --num_subjects {args.num_subjects} "
+        f"--contrast_percentile {q:g} --floor_level {args.floor_level:g}"
+    )
 
 
-def measure_contrast_value(seed: int, contrast_percentile: float) -> tuple[float, float]:
+def measure_contrast_value(seed: int, contrast_percentile: float, tissue_floor: float = 0.0) -> tuple[float, float]:
     """Mean and std over the demo training subjects of the lower landmark after the linear map."""
     ratios = []
     for index in range(1, NUM_TRAIN + 1):
         img, _ = generate_subject(seed, index)
-        background, low, reference = brain_contrast_landmarks(torch.as_tensor(img)[None], 75.0, contrast_percentile)
+        background, low, reference = brain_contrast_landmarks(
+            torch.as_tensor(img)[None], 75.0, contrast_percentile, tissue_floor=tissue_floor
+        )
         ratios.append((low - background) / (reference - background))
     return float(np.mean(ratios)), float(np.std(ratios))
+
+
+def measure_tissue_floor(seed: int, contrast_percentile: float, floor_level: float) -> float:
+    """The exponent ``k`` of ``NormalizeBrainIntensity(tissue_floor=k)`` whose CSF cut ``u_c ** k`` lies at
+    ``floor_level`` of the linear map for the demo training subjects' mean whole-brain landmark ``u_c``."""
+    return math.log(floor_level) / math.log(measure_contrast_value(seed, contrast_percentile)[0])
 
 
 if __name__ == "__main__":

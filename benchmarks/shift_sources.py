@@ -17,9 +17,9 @@ them to a temporary folder and evaluates MetaSeg and the U-Net on each set with 
 median normalized intensity of each foreground class, mean over the subjects, and its move from the ``none`` row in
 standard deviations of the ``none`` subjects), for the configs' ``normalize_intensity``, its linear variant (no
 contrast standardization) and a power law through each ``--contrast_percentile`` (its value measured on the demo
-training subjects as ``benchmarks.intensity_reference`` does):
+training subjects as ``benchmarks.intensity_reference`` does), taken above a CSF cut with ``--floor_level``:
 
-    python -m benchmarks.shift_sources --tissue_levels --contrast_percentile 50 --output eval/shift_tissues.json
+    python -m benchmarks.shift_sources --tissue_levels --contrast_percentile 35 --floor_level 0.45
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from monai.bundle import ConfigParser
 
-from benchmarks.intensity_reference import REPO_ROOT, VAL_FIRST_INDEX, measure_contrast_value
+from benchmarks.intensity_reference import REPO_ROOT, VAL_FIRST_INDEX, measure_contrast_value, measure_tissue_floor
 from benchmarks.robustness import (
     MODELS,
     eval_namespace,
@@ -87,28 +87,39 @@ def write_variants(root: Path, seed: int, indices: list[int]) -> Path:
     return path
 
 
-def normalizations(seed: int, contrast_percentiles: list[float]) -> dict[str, NormalizeBrainIntensity]:
+def normalizations(
+    seed: int, contrast_percentiles: list[float], floor_level: float = 0.0
+) -> dict[str, NormalizeBrainIntensity]:
     """The configs' ``normalize_intensity`` (``configs/inference.json``), its linear variant, and a power law through
-    each of ``contrast_percentiles`` with its ``contrast_value`` measured on the demo training subjects."""
+    each of ``contrast_percentiles`` with its ``contrast_value`` measured on the demo training subjects: of the whole
+    brain, or with ``floor_level`` > 0 of the brain above a CSF cut at that level (``tissue_floor`` measured as
+    ``benchmarks.intensity_reference`` does)."""
     config = ConfigParser.load_config_file(str(REPO_ROOT / "configs" / "inference.json"))["normalize_intensity"]
     kwargs = {k: v for k, v in config.items() if k not in ("_target_", "keys")}
+    floor = f" above cut {kwargs['tissue_floor']:g}" if kwargs.get("tissue_floor") else ""
     maps = {
-        f"configs (p{kwargs['percentile']:g}, p{kwargs['contrast_percentile']:g})": NormalizeBrainIntensity(**kwargs),
+        f"configs (p{kwargs['percentile']:g}, p{kwargs['contrast_percentile']:g}{floor})": NormalizeBrainIntensity(
+            **kwargs
+        ),
         f"linear (p{kwargs['percentile']:g})": NormalizeBrainIntensity(kwargs["percentile"]),
     }
     for q in contrast_percentiles:
-        value = round(measure_contrast_value(seed, q)[0], 3)
-        kwargs.update(contrast_percentile=q, contrast_value=value)
-        maps[f"p{kwargs['percentile']:g}, p{q:g} -> {value:g}"] = NormalizeBrainIntensity(**kwargs)
+        cut = round(measure_tissue_floor(seed, q, floor_level), 2) if floor_level > 0 else 0.0
+        value = round(measure_contrast_value(seed, q, cut)[0], 3)
+        kwargs.update(contrast_percentile=q, contrast_value=value, tissue_floor=cut)
+        above = f" above cut {cut:g}" if cut else ""
+        maps[f"p{kwargs['percentile']:g}, p{q:g}{above} -> {value:g}"] = NormalizeBrainIntensity(**kwargs)
     return maps
 
 
-def tissue_levels(seed: int, indices: list[int], contrast_percentiles: list[float]) -> dict[str, Any]:
+def tissue_levels(
+    seed: int, indices: list[int], contrast_percentiles: list[float], floor_level: float = 0.0
+) -> dict[str, Any]:
     """Per normalization and row: the subjects' median normalized intensity of each tissue (mean over subjects) and
     its move from the ``none`` row in standard deviations of the ``none`` subjects."""
     subjects = {name: [generate_subject(seed, i, 2, shifted=parts) for i in indices] for name, parts in ROWS}
     result: dict[str, Any] = {}
-    for label, normalize in normalizations(seed, contrast_percentiles).items():
+    for label, normalize in normalizations(seed, contrast_percentiles, floor_level).items():
         levels = {}
         for name, pairs in subjects.items():
             medians = []
@@ -156,16 +167,24 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument(
         "--contrast_percentile", type=float, action="append", default=[], help="with --tissue_levels: a power law"
     )
+    ap.add_argument(
+        "--floor_level",
+        type=float,
+        default=0.0,
+        help="with --contrast_percentile: take it above a CSF cut at this level of the linear map (0: whole brain)",
+    )
     args = ap.parse_args(argv)
     if args.num_images < 1:
         ap.error("--num_images must be at least 1")
     if args.contrast_percentile and not args.tissue_levels:
         ap.error("--contrast_percentile needs --tissue_levels")
+    if args.floor_level and not args.contrast_percentile:
+        ap.error("--floor_level needs --contrast_percentile")
     if args.tissue_levels and args.sets:
         ap.error("--set changes a model's config; --tissue_levels evaluates no model")
     indices = list(range(args.first_index, args.first_index + args.num_images))
     if args.tissue_levels:
-        levels = tissue_levels(args.seed, indices, args.contrast_percentile)
+        levels = tissue_levels(args.seed, indices, args.contrast_percentile, args.floor_level)
         print(tissue_table(levels))
         info = {"seed": args.seed, "subject_indices": [indices[0], indices[-1]]}
         return write_result("shift_sources", {"tissue_levels": levels, **info}, args.output, argv)

@@ -109,9 +109,16 @@ def brain_contrast_landmarks(
     noise_multiple: float = 3.0,
     min_brain_fraction: float = 0.005,
     source: str = "<image>",
+    tissue_floor: float = 0.0,
 ) -> tuple[float, float, float]:
     """``(background, low, reference)`` of a channel-first ``image``: the background level and two percentiles of the
     brain's intensities, for a normalization that also standardizes contrast.
+
+    With ``tissue_floor`` (an exponent k > 1) the lower percentile is taken only over the brain voxels whose linear
+    level ``u = (x - background) / (reference - background)`` exceeds ``u_c ** k``, where ``u_c`` is the level of the
+    whole brain's ``contrast_percentile``-th percentile: that leaves CSF out, whose share of the brain grows with
+    atrophy and would otherwise pull the lower landmark down (an atrophied brain's grey matter would be brightened). A
+    gamma ``u -> u ** g`` moves the cut exactly as it moves the voxels, so the landmarks still undo it.
 
     The statistics are taken on the image smoothed with a Gaussian of ``smooth_sigma`` pixels (noise barely moves
     them). The brain is every voxel brighter than the background by more than ``noise_multiple`` times the
@@ -135,10 +142,14 @@ def brain_contrast_landmarks(
     noise = 1.4826 * float((below - background).abs().median())
     brain = x[x > background + max(noise_multiple * noise, 0.02 * (hi - background))]
     low, reference = _quantile(brain, contrast_percentile / 100.0), _quantile(brain, percentile / 100.0)
+    if tissue_floor > 0 and background < low < reference:
+        cut = background + (reference - background) * ((low - background) / (reference - background)) ** tissue_floor
+        low = _quantile(brain[brain > cut], contrast_percentile / 100.0)
     if not background < low < reference:
         raise ValueError(
-            f"{source}: cannot standardize the contrast: the brain's {contrast_percentile:g}th and {percentile:g}th "
-            f"percentiles ({low:g}, {reference:g}) do not rise above the background ({background:g})."
+            f"{source}: cannot standardize the contrast: the brain's {contrast_percentile:g}th percentile"
+            f"{' above the CSF cut' if tissue_floor > 0 else ''} ({low:g}) does not lie between the background "
+            f"({background:g}) and its {percentile:g}th percentile ({reference:g})."
         )
     return background, low, reference
 
@@ -158,6 +169,8 @@ class NormalizeBrainIntensity(Transform):
         min_brain_fraction: smallest fraction of voxels that must lie above the background.
         contrast_percentile: lower brain percentile whose normalized value is fixed (None: linear map only).
         contrast_value: the value in (0, 1) that percentile is mapped to: its mean over the training images.
+        tissue_floor: exponent (> 1) of the cut that leaves CSF out of the lower landmark (0: the whole brain; see
+            :func:`brain_contrast_landmarks`).
         smooth_sigma: Gaussian sigma (pixels) of the smoothing applied to the statistics only, not the output.
         max_exponent: the power law's exponent is clamped to ``[1 / max_exponent, max_exponent]``.
     """
@@ -171,6 +184,7 @@ class NormalizeBrainIntensity(Transform):
         contrast_value: float | None = None,
         smooth_sigma: float = 1.0,
         max_exponent: float = 4.0,
+        tissue_floor: float = 0.0,
     ) -> None:
         if not 0.0 < percentile < 100.0:
             raise ValueError(f"percentile must lie in (0, 100), got {percentile}.")
@@ -181,6 +195,8 @@ class NormalizeBrainIntensity(Transform):
                 raise ValueError(f"contrast_value must lie in (0, 1) with contrast_percentile, got {contrast_value}.")
             if max_exponent < 1.0:
                 raise ValueError(f"max_exponent must be >= 1, got {max_exponent}.")
+            if tissue_floor != 0.0 and not tissue_floor > 1.0:
+                raise ValueError(f"tissue_floor must be 0 (off) or an exponent > 1, got {tissue_floor}.")
         self.percentile = float(percentile)
         self.clip = None if clip is None else (float(clip[0]), float(clip[1]))
         self.min_brain_fraction = float(min_brain_fraction)
@@ -188,6 +204,7 @@ class NormalizeBrainIntensity(Transform):
         self.contrast_value = None if contrast_value is None else float(contrast_value)
         self.smooth_sigma = float(smooth_sigma)
         self.max_exponent = float(max_exponent)
+        self.tissue_floor = float(tissue_floor)
 
     def __call__(self, img: Any, source: str | None = None) -> Any:
         if source is None:
@@ -205,6 +222,7 @@ class NormalizeBrainIntensity(Transform):
                 self.smooth_sigma,
                 min_brain_fraction=self.min_brain_fraction,
                 source=source,
+                tissue_floor=self.tissue_floor,
             )
             exponent = math.log(self.contrast_value) / math.log((low - background) / (reference - background))
             exponent = min(max(exponent, 1.0 / self.max_exponent), self.max_exponent)
@@ -227,11 +245,19 @@ class NormalizeBrainIntensityd(MapTransform):
         contrast_value: float | None = None,
         smooth_sigma: float = 1.0,
         max_exponent: float = 4.0,
+        tissue_floor: float = 0.0,
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.normalizer = NormalizeBrainIntensity(
-            percentile, clip, min_brain_fraction, contrast_percentile, contrast_value, smooth_sigma, max_exponent
+            percentile,
+            clip,
+            min_brain_fraction,
+            contrast_percentile,
+            contrast_value,
+            smooth_sigma,
+            max_exponent,
+            tissue_floor,
         )
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:

@@ -23,6 +23,9 @@ from tests.utils import REPO_ROOT, run_inference_on_files, save_tiny_metaseg
 pytestmark = pytest.mark.usefixtures("bundle_unchanged")  # nothing of the bundle changes
 
 CONFIGS = ["configs/train.json", "configs/inference.json"]  # configs/train_unet.json layers on train.json
+# the lower landmark above a CSF cut (release 0.16.3's candidate, not in the configs): the values that
+# `python -m benchmarks.intensity_reference --contrast_percentile 35 --floor_level 0.45` measures
+CSF_CUT_MAP = {"contrast_percentile": 35.0, "contrast_value": 0.76, "tissue_floor": 2.07}
 
 
 @pytest.fixture(scope="module")
@@ -58,11 +61,7 @@ def test_white_matter_lands_near_one(slice_and_labels):
 def _contrast_map(config: str = "configs/inference.json") -> NormalizeBrainIntensity:
     """The shipped configs' normalization (power law through the brain's 25th and 75th percentiles)."""
     args = json.loads((REPO_ROOT / config).read_text())["normalize_intensity"]
-    return NormalizeBrainIntensity(
-        percentile=args["percentile"],
-        contrast_percentile=args["contrast_percentile"],
-        contrast_value=args["contrast_value"],
-    )
+    return NormalizeBrainIntensity(**{k: v for k, v in args.items() if k not in ("_target_", "keys")})
 
 
 @pytest.mark.parametrize("gamma", [0.6, 0.8, 1.3, 1.6])
@@ -73,7 +72,8 @@ def test_contrast_standardization_undoes_a_gamma(slice_and_labels, gamma):
 
     img, seg = slice_and_labels
     changed = AdjustContrast(gamma)(img)
-    for norm, tolerance in ((_contrast_map(), 0.03), (NormalizeBrainIntensity(), None)):
+    maps = ((_contrast_map(), 0.03), (NormalizeBrainIntensity(**CSF_CUT_MAP), 0.03), (NormalizeBrainIntensity(), None))
+    for norm, tolerance in maps:
         clean, out = norm(img)[0].numpy(), norm(changed)[0].numpy()
         moved = [abs(float(np.median(out[seg == c]) - np.median(clean[seg == c]))) for c in (1, 2, 3, 4)]
         if tolerance is not None:
@@ -92,14 +92,36 @@ def test_contrast_standardization_invariant_to_scale_and_offset(slice_and_labels
 def test_contrast_value_is_the_training_subjects_mean():
     """``contrast_value`` in every config is the mean landmark of the demo training subjects (here: the first 20 of
     them, which agree within the subjects' spread), so the shipped map leaves typical training images unchanged."""
+    args = json.loads((REPO_ROOT / CONFIGS[0]).read_text())["normalize_intensity"]
     ratios = []
     for index in range(1, 21):
         img, _ = generate_subject(0, index)
-        background, low, reference = brain_contrast_landmarks(torch.as_tensor(img)[None])
+        background, low, reference = brain_contrast_landmarks(
+            torch.as_tensor(img)[None],
+            args["percentile"],
+            args["contrast_percentile"],
+            tissue_floor=args.get("tissue_floor", 0.0),
+        )
         ratios.append((low - background) / (reference - background))
     for name in CONFIGS:
         value = json.loads((REPO_ROOT / name).read_text())["normalize_intensity"]["contrast_value"]
         assert abs(value - float(np.mean(ratios))) < 0.015, (name, value, float(np.mean(ratios)))
+
+
+def test_csf_cut_keeps_atrophy_from_reading_as_contrast():
+    """An atrophied brain (the demo generator's older anatomy: more CSF, thinner cortex, the same tissue contrast):
+    the configs' map, whose lower landmark is the whole brain's 25th percentile, lifts its cortex towards white matter;
+    with the lower landmark taken above a CSF cut (``tissue_floor``) the cortex stays near where a young brain has it.
+    """
+    maps = {"configs": _contrast_map(), "CSF cut": NormalizeBrainIntensity(**CSF_CUT_MAP)}
+    moves: dict[str, list[float]] = {name: [] for name in maps}
+    for index in range(81, 89):  # validation subjects
+        pairs = [generate_subject(0, index), generate_subject(0, index, shifted=["anatomy"])]
+        for name, norm in maps.items():
+            young, old = (float(np.median(norm(torch.as_tensor(x)[None])[0].numpy()[s == 1])) for x, s in pairs)
+            moves[name].append(old - young)
+    with_cut, configs = float(np.mean(moves["CSF cut"])), float(np.mean(moves["configs"]))
+    assert abs(with_cut) < 0.035 and configs > 2 * abs(with_cut), moves
 
 
 @pytest.mark.parametrize(
@@ -109,6 +131,7 @@ def test_contrast_value_is_the_training_subjects_mean():
         ({"contrast_percentile": 25.0, "contrast_value": 1.2}, "contrast_value"),
         ({"contrast_percentile": 80.0, "contrast_value": 0.5}, "contrast_percentile"),
         ({"contrast_percentile": 25.0, "contrast_value": 0.5, "max_exponent": 0.5}, "max_exponent"),
+        ({"contrast_percentile": 25.0, "contrast_value": 0.5, "tissue_floor": 0.5}, "tissue_floor"),
     ],
 )
 def test_contrast_arguments_are_checked(kwargs, message):

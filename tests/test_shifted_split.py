@@ -115,12 +115,15 @@ def test_shift_sources_benchmark(tmp_path):
 
 
 def test_shift_sources_tissue_levels(tmp_path):
-    """``--tissue_levels``: one line per normalization and shift, no model read, the ``none`` row unmoved."""
+    """``--tissue_levels``: one line per normalization and shift, no model read, the ``none`` row unmoved; a candidate
+    above a CSF cut gets the exponent and value that ``benchmarks.intensity_reference`` measures (docs/benchmarks.md).
+    """
     output = tmp_path / "levels.json"
     args = ["--tissue_levels", "--num_images", "2", "--ckpt_dir", str(tmp_path / "no_models"), "--output", str(output)]
+    args += ["--contrast_percentile", "35", "--floor_level", "0.45"]
     proc = run_benchmark("shift_sources", args, tmp_path)
     levels = json.loads(output.read_text())["tissue_levels"]
-    assert list(levels) == ["configs (p75, p25)", "linear (p75)"]
+    assert list(levels) == ["configs (p75, p25)", "linear (p75)", "p75, p35 above cut 2.07 -> 0.76"]
     for rows in levels.values():
         assert len(rows) == 6
         for tissue in rows["none"].values():
@@ -128,6 +131,21 @@ def test_shift_sources_tissue_levels(tmp_path):
         assert rows["none"]["cortex"]["level"] < rows["none"]["white matter"]["level"]
     assert "| configs (p75, p25) | all |" in proc.stdout
     assert sorted(p.name for p in tmp_path.iterdir()) == ["levels.json"]
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--contrast_percentile", "35"], "--contrast_percentile needs --tissue_levels"),
+        (["--tissue_levels", "--floor_level", "0.45"], "--floor_level needs --contrast_percentile"),
+    ],
+)
+def test_shift_sources_refuses_inconsistent_options(argv, message, capsys):
+    from benchmarks.shift_sources import main
+
+    with pytest.raises(SystemExit):
+        main(argv)
+    assert message in capsys.readouterr().err
 
 
 def test_shifted_oracle_benchmark(tmp_path):
