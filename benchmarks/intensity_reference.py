@@ -106,18 +106,16 @@ def main() -> None:
         print(f"| {cand} | " + " | ".join(cells) + f" | **{np.std(every) / abs(np.mean(every)):.3f}** |")
 
     q = args.contrast_percentile
-    floor = round(measure_tissue_floor(args.seed, q, args.floor_level), 2) if args.floor_level > 0 else 0.0
-    contrast_value = measure_contrast_value(args.seed, q, floor)
-    above = f" above cut {floor:g}" if floor else ""
+    floor, value, std = measure_contrast_landmark(args.seed, q, args.floor_level)
     print(
         f"\ntissue floor (exponent of the CSF cut at level {args.floor_level:g}; 0: none): {floor:g}; contrast value "
-        f"(the brain's {q:g}th percentile{above}, after the linear map) over the {NUM_TRAIN} demo training "
-        f"subjects: mean {contrast_value[0]:.3f} (std {contrast_value[1]:.3f})\n"
+        f"(the brain's {q:g}th percentile{above_cut(floor)}, after the linear map) over the {NUM_TRAIN} demo training "
+        f"subjects: mean {value:.3f} (std {std:.3f})\n"
     )
     maps = {
         "linear (p75)": NormalizeBrainIntensity(),
-        f"power law (p75, p{q:g}{above} -> {contrast_value[0]:.3f})": NormalizeBrainIntensity(
-            contrast_percentile=q, contrast_value=round(contrast_value[0], 3), tissue_floor=floor
+        f"power law (p75, p{q:g}{above_cut(floor)} -> {value:.3f})": NormalizeBrainIntensity(
+            contrast_percentile=q, contrast_value=round(value, 3), tissue_floor=floor
         ),
     }
     print("median normalized tissue intensity over the validation subjects and perturbations: mean (std / mean)\n")
@@ -143,22 +141,37 @@ def main() -> None:
     )
 
 
-def measure_contrast_value(seed: int, contrast_percentile: float, tissue_floor: float = 0.0) -> tuple[float, float]:
-    """Mean and std over the demo training subjects of the lower landmark after the linear map."""
-    ratios = []
-    for index in range(1, NUM_TRAIN + 1):
-        img, _ = generate_subject(seed, index)
-        background, low, reference = brain_contrast_landmarks(
-            torch.as_tensor(img)[None], 75.0, contrast_percentile, tissue_floor=tissue_floor
-        )
-        ratios.append((low - background) / (reference - background))
-    return float(np.mean(ratios)), float(np.std(ratios))
+def measure_contrast_landmark(
+    seed: int, contrast_percentile: float, floor_level: float = 0.0
+) -> tuple[float, float, float]:
+    """The lower landmark of the power law over the demo training subjects, after the linear map: ``(tissue_floor,
+    mean, std)``.
+
+    ``floor_level`` > 0 takes the landmark above a CSF cut: ``tissue_floor`` is the exponent ``k`` (rounded to 0.01)
+    of ``NormalizeBrainIntensity(tissue_floor=k)`` whose cut ``u_c ** k`` lies at ``floor_level`` for the subjects'
+    mean whole-brain landmark ``u_c``; 0 means no cut (``tissue_floor`` 0).
+    """
+    images = [torch.as_tensor(generate_subject(seed, index)[0])[None] for index in range(1, NUM_TRAIN + 1)]
+
+    def levels(tissue_floor: float) -> np.ndarray:
+        values = []
+        for img in images:
+            background, low, reference = brain_contrast_landmarks(
+                img, 75.0, contrast_percentile, tissue_floor=tissue_floor
+            )
+            values.append((low - background) / (reference - background))
+        return np.array(values)
+
+    tissue_floor = 0.0
+    if floor_level > 0:
+        tissue_floor = round(math.log(floor_level) / math.log(float(levels(0.0).mean())), 2)
+    values = levels(tissue_floor)
+    return tissue_floor, float(values.mean()), float(values.std())
 
 
-def measure_tissue_floor(seed: int, contrast_percentile: float, floor_level: float) -> float:
-    """The exponent ``k`` of ``NormalizeBrainIntensity(tissue_floor=k)`` whose CSF cut ``u_c ** k`` lies at
-    ``floor_level`` of the linear map for the demo training subjects' mean whole-brain landmark ``u_c``."""
-    return math.log(floor_level) / math.log(measure_contrast_value(seed, contrast_percentile)[0])
+def above_cut(tissue_floor: float) -> str:
+    """How a map's label names its CSF cut (nothing without one)."""
+    return f" above cut {tissue_floor:g}" if tissue_floor else ""
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from monai.bundle import ConfigParser
 
-from benchmarks.intensity_reference import REPO_ROOT, VAL_FIRST_INDEX, measure_contrast_value, measure_tissue_floor
+from benchmarks.intensity_reference import REPO_ROOT, VAL_FIRST_INDEX, above_cut, measure_contrast_landmark
 from benchmarks.robustness import (
     MODELS,
     eval_namespace,
@@ -96,7 +96,7 @@ def normalizations(
     ``benchmarks.intensity_reference`` does)."""
     config = ConfigParser.load_config_file(str(REPO_ROOT / "configs" / "inference.json"))["normalize_intensity"]
     kwargs = {k: v for k, v in config.items() if k not in ("_target_", "keys")}
-    floor = f" above cut {kwargs['tissue_floor']:g}" if kwargs.get("tissue_floor") else ""
+    floor = above_cut(kwargs.get("tissue_floor", 0.0))
     maps = {
         f"configs (p{kwargs['percentile']:g}, p{kwargs['contrast_percentile']:g}{floor})": NormalizeBrainIntensity(
             **kwargs
@@ -104,11 +104,11 @@ def normalizations(
         f"linear (p{kwargs['percentile']:g})": NormalizeBrainIntensity(kwargs["percentile"]),
     }
     for q in contrast_percentiles:
-        cut = round(measure_tissue_floor(seed, q, floor_level), 2) if floor_level > 0 else 0.0
-        value = round(measure_contrast_value(seed, q, cut)[0], 3)
-        kwargs.update(contrast_percentile=q, contrast_value=value, tissue_floor=cut)
-        above = f" above cut {cut:g}" if cut else ""
-        maps[f"p{kwargs['percentile']:g}, p{q:g}{above} -> {value:g}"] = NormalizeBrainIntensity(**kwargs)
+        cut, value, _ = measure_contrast_landmark(seed, q, floor_level)
+        kwargs.update(contrast_percentile=q, contrast_value=round(value, 3), tissue_floor=cut)
+        maps[f"p{kwargs['percentile']:g}, p{q:g}{above_cut(cut)} -> {round(value, 3):g}"] = NormalizeBrainIntensity(
+            **kwargs
+        )
     return maps
 
 
