@@ -36,6 +36,7 @@ from scripts.intensity import (
     brain_contrast_landmarks,
     brain_intensity_range,
     brain_threshold,
+    correct_bias_field,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -85,6 +86,9 @@ def main() -> None:
         default=0.0,
         help="CSF cut of the lower landmark, as a level of the linear map on typical training subjects (0: none)",
     )
+    parser.add_argument(
+        "--bias_sigma", type=float, default=0.0, help="divide out a bias field of this sigma first (pixels; 0: off)"
+    )
     args = parser.parse_args()
 
     candidates = {f"brain p{q:g}": percentile_reference(q) for q in (50, 75, 90, 95, 99)}
@@ -106,16 +110,18 @@ def main() -> None:
         print(f"| {cand} | " + " | ".join(cells) + f" | **{np.std(every) / abs(np.mean(every)):.3f}** |")
 
     q = args.contrast_percentile
-    floor, value, std = measure_contrast_landmark(args.seed, q, args.floor_level)
+    floor, value, std = measure_contrast_landmark(args.seed, q, args.floor_level, args.bias_sigma)
     print(
         f"\ntissue floor (exponent of the CSF cut at level {args.floor_level:g}; 0: none): {floor:g}; contrast value "
-        f"(the brain's {q:g}th percentile{above_cut(floor)}, after the linear map) over the {NUM_TRAIN} demo training "
-        f"subjects: mean {value:.3f} (std {std:.3f})\n"
+        f"(the brain's {q:g}th percentile{above_cut(floor)}, after the linear map{bias_label(args.bias_sigma)}) over "
+        f"the {NUM_TRAIN} demo training subjects: mean {value:.3f} (std {std:.3f})\n"
     )
     maps = {
         "linear (p75)": NormalizeBrainIntensity(),
-        f"power law (p75, p{q:g}{above_cut(floor)} -> {value:.3f})": NormalizeBrainIntensity(
-            contrast_percentile=q, contrast_value=round(value, 3), tissue_floor=floor
+        f"power law (p75, p{q:g}{above_cut(floor)} -> {value:.3f}{bias_label(args.bias_sigma)})": (
+            NormalizeBrainIntensity(
+                contrast_percentile=q, contrast_value=round(value, 3), tissue_floor=floor, bias_sigma=args.bias_sigma
+            )
         ),
     }
     print("median normalized tissue intensity over the validation subjects and perturbations: mean (std / mean)\n")
@@ -137,21 +143,24 @@ def main() -> None:
         print(f"| {label} | " + " | ".join(cells) + " |")
     print(
         f"\ncommand: python -m benchmarks.intensity_reference --num_subjects {args.num_subjects} "
-        f"--contrast_percentile {q:g} --floor_level {args.floor_level:g}"
+        f"--contrast_percentile {q:g} --floor_level {args.floor_level:g} --bias_sigma {args.bias_sigma:g}"
     )
 
 
 def measure_contrast_landmark(
-    seed: int, contrast_percentile: float, floor_level: float = 0.0
+    seed: int, contrast_percentile: float, floor_level: float = 0.0, bias_sigma: float = 0.0
 ) -> tuple[float, float, float]:
     """The lower landmark of the power law over the demo training subjects, after the linear map: ``(tissue_floor,
     mean, std)``.
 
     ``floor_level`` > 0 takes the landmark above a CSF cut: ``tissue_floor`` is the exponent ``k`` (rounded to 0.01)
     of ``NormalizeBrainIntensity(tissue_floor=k)`` whose cut ``u_c ** k`` lies at ``floor_level`` for the subjects'
-    mean whole-brain landmark ``u_c``; 0 means no cut (``tissue_floor`` 0).
+    mean whole-brain landmark ``u_c``; 0 means no cut (``tissue_floor`` 0). ``bias_sigma`` > 0 measures on the
+    subjects with their bias field divided out first, as ``NormalizeBrainIntensity(bias_sigma=...)`` does.
     """
     images = [torch.as_tensor(generate_subject(seed, index)[0])[None] for index in range(1, NUM_TRAIN + 1)]
+    if bias_sigma > 0:
+        images = [correct_bias_field(img, bias_sigma) for img in images]
 
     def levels(tissue_floor: float) -> np.ndarray:
         values = []
@@ -172,6 +181,11 @@ def measure_contrast_landmark(
 def above_cut(tissue_floor: float) -> str:
     """How a map's label names its CSF cut (nothing without one)."""
     return f" above cut {tissue_floor:g}" if tissue_floor else ""
+
+
+def bias_label(bias_sigma: float) -> str:
+    """How a map's label names its bias-field correction (nothing without one)."""
+    return f", bias field sigma {bias_sigma:g}" if bias_sigma else ""
 
 
 if __name__ == "__main__":

@@ -17,9 +17,12 @@ them to a temporary folder and evaluates MetaSeg and the U-Net on each set with 
 median normalized intensity of each foreground class, mean over the subjects, and its move from the ``none`` row in
 standard deviations of the ``none`` subjects), for the configs' ``normalize_intensity``, its linear variant (no
 contrast standardization) and a power law through each ``--contrast_percentile`` (its value measured on the demo
-training subjects as ``benchmarks.intensity_reference`` does), taken above a CSF cut with ``--floor_level``:
+training subjects as ``benchmarks.intensity_reference`` does), taken above a CSF cut with ``--floor_level``. It also
+prints how much tissue pairs overlap in intensity (the error of the best single threshold between them), and
+``--bias_sigma`` adds the configs' map with a bias-field correction (and corrects the power laws' images too):
 
     python -m benchmarks.shift_sources --tissue_levels --contrast_percentile 35 --floor_level 0.45
+    python -m benchmarks.shift_sources --tissue_levels --bias_sigma 8
 """
 
 from __future__ import annotations
@@ -36,7 +39,13 @@ import numpy as np
 import torch
 from monai.bundle import ConfigParser
 
-from benchmarks.intensity_reference import REPO_ROOT, VAL_FIRST_INDEX, above_cut, measure_contrast_landmark
+from benchmarks.intensity_reference import (
+    REPO_ROOT,
+    VAL_FIRST_INDEX,
+    above_cut,
+    bias_label,
+    measure_contrast_landmark,
+)
 from benchmarks.robustness import (
     MODELS,
     eval_namespace,
@@ -61,6 +70,8 @@ ROWS: list[tuple[str, list[str]]] = [
 ]
 SPLITS_NAME = "shift_sources_splits.json"
 TISSUES = ("cortex", "subcortical GM", "white matter", "CSF")  # seg4 labels 1-4
+# tissue pairs whose overlap --tissue_levels reports (seg4 labels: the darker class first)
+OVERLAPS = {"cortex / WM": (1, 3), "subcortical GM / WM": (2, 3), "CSF / cortex": (4, 1)}
 
 
 def write_subjects(root: Path, folder: str, seed: int, indices: list[int], parts: list[str]) -> list[dict[str, str]]:
@@ -88,12 +99,13 @@ def write_variants(root: Path, seed: int, indices: list[int]) -> Path:
 
 
 def normalizations(
-    seed: int, contrast_percentiles: list[float], floor_level: float = 0.0
+    seed: int, contrast_percentiles: list[float], floor_level: float = 0.0, bias_sigma: float = 0.0
 ) -> dict[str, NormalizeBrainIntensity]:
     """The configs' ``normalize_intensity`` (``configs/inference.json``), its linear variant, and a power law through
     each of ``contrast_percentiles`` with its ``contrast_value`` measured on the demo training subjects: of the whole
     brain, or with ``floor_level`` > 0 of the brain above a CSF cut at that level (``tissue_floor`` measured as
-    ``benchmarks.intensity_reference`` does)."""
+    ``benchmarks.intensity_reference`` does). ``bias_sigma`` > 0 adds the configs' map with a bias-field correction
+    of that sigma and corrects the power laws' images too (their values measured on corrected training subjects)."""
     config = ConfigParser.load_config_file(str(REPO_ROOT / "configs" / "inference.json"))["normalize_intensity"]
     kwargs = {k: v for k, v in config.items() if k not in ("_target_", "keys")}
     floor = above_cut(kwargs.get("tissue_floor", 0.0))
@@ -103,35 +115,53 @@ def normalizations(
         ),
         f"linear (p{kwargs['percentile']:g})": NormalizeBrainIntensity(kwargs["percentile"]),
     }
-    for q in contrast_percentiles:
-        cut, value, _ = measure_contrast_landmark(seed, q, floor_level)
-        kwargs.update(contrast_percentile=q, contrast_value=round(value, 3), tissue_floor=cut)
-        maps[f"p{kwargs['percentile']:g}, p{q:g}{above_cut(cut)} -> {round(value, 3):g}"] = NormalizeBrainIntensity(
-            **kwargs
+    if bias_sigma > 0:
+        label = (
+            f"configs (p{kwargs['percentile']:g}, p{kwargs['contrast_percentile']:g}{floor}){bias_label(bias_sigma)}"
         )
+        maps[label] = NormalizeBrainIntensity(**{**kwargs, "bias_sigma": bias_sigma})
+    for q in contrast_percentiles:
+        cut, value, _ = measure_contrast_landmark(seed, q, floor_level, bias_sigma)
+        kwargs.update(contrast_percentile=q, contrast_value=round(value, 3), tissue_floor=cut, bias_sigma=bias_sigma)
+        label = f"p{kwargs['percentile']:g}, p{q:g}{above_cut(cut)} -> {round(value, 3):g}{bias_label(bias_sigma)}"
+        maps[label] = NormalizeBrainIntensity(**kwargs)
     return maps
 
 
+def overlap(x: np.ndarray, seg: np.ndarray, darker: int, brighter: int) -> float:
+    """How much two tissues' normalized intensities overlap: the smallest mean of the two classes' error rates that
+    one intensity threshold reaches (0: separable by intensity alone, 0.5: indistinguishable)."""
+    a, b = np.sort(x[seg == darker]), np.sort(x[seg == brighter])
+    thresholds = np.quantile(np.concatenate([a, b]), np.linspace(0.0, 1.0, 201))
+    errors = (a.size - np.searchsorted(a, thresholds)) / a.size + np.searchsorted(b, thresholds) / b.size
+    return float(errors.min() / 2)
+
+
 def tissue_levels(
-    seed: int, indices: list[int], contrast_percentiles: list[float], floor_level: float = 0.0
+    seed: int, indices: list[int], contrast_percentiles: list[float], floor_level: float = 0.0, bias_sigma: float = 0.0
 ) -> dict[str, Any]:
     """Per normalization and row: the subjects' median normalized intensity of each tissue (mean over subjects) and
-    its move from the ``none`` row in standard deviations of the ``none`` subjects."""
+    its move from the ``none`` row in standard deviations of the ``none`` subjects, and the mean :func:`overlap` of
+    the ``OVERLAPS`` pairs."""
     subjects = {name: [generate_subject(seed, i, 2, shifted=parts) for i in indices] for name, parts in ROWS}
     result: dict[str, Any] = {}
-    for label, normalize in normalizations(seed, contrast_percentiles, floor_level).items():
-        levels = {}
+    for label, normalize in normalizations(seed, contrast_percentiles, floor_level, bias_sigma).items():
+        levels, overlaps = {}, {}
         for name, pairs in subjects.items():
-            medians = []
+            medians, pair_overlaps = [], []
             for img, seg in pairs:
                 x = normalize(torch.as_tensor(img[None].astype(np.float32)), source=f"{name} subject")[0].numpy()
                 medians.append([float(np.median(x[seg == c])) for c in range(1, len(TISSUES) + 1)])
-            levels[name] = np.array(medians)
+                pair_overlaps.append([overlap(x, seg, *pair) for pair in OVERLAPS.values()])
+            levels[name], overlaps[name] = np.array(medians), np.mean(pair_overlaps, 0)
         mean, std = levels["none"].mean(0), levels["none"].std(0)
         result[label] = {
             name: {
-                t: {"level": float(m), "move": float(z)}
-                for t, m, z in zip(TISSUES, v.mean(0), (v.mean(0) - mean) / std)
+                **{
+                    t: {"level": float(m), "move": float(z)}
+                    for t, m, z in zip(TISSUES, v.mean(0), (v.mean(0) - mean) / std)
+                },
+                "overlap": dict(zip(OVERLAPS, map(float, overlaps[name]))),
             }
             for name, v in levels.items()
         }
@@ -139,11 +169,14 @@ def tissue_levels(
 
 
 def tissue_table(levels: dict[str, Any]) -> str:
-    """Markdown table of :func:`tissue_levels`: one line per normalization and row, ``level (move)`` per tissue."""
-    lines = ["| normalization | shift | " + " | ".join(TISSUES) + " |", "|---" * (len(TISSUES) + 2) + "|"]
+    """Markdown table of :func:`tissue_levels`: one line per normalization and row, ``level (move)`` per tissue, then
+    the overlap of each pair."""
+    header = [*TISSUES, *(f"overlap {pair}" for pair in OVERLAPS)]
+    lines = ["| normalization | shift | " + " | ".join(header) + " |", "|---" * (len(header) + 2) + "|"]
     for label, rows in levels.items():
         for name, cells in rows.items():
-            text = [f"{c['level']:.3f} ({c['move']:+.1f})" for c in cells.values()]
+            text = [f"{cells[t]['level']:.3f} ({cells[t]['move']:+.1f})" for t in TISSUES]
+            text += [f"{cells['overlap'][pair]:.3f}" for pair in OVERLAPS]
             lines.append(f"| {label} | {name} | " + " | ".join(text) + " |")
     return "\n".join(lines)
 
@@ -165,6 +198,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="config override")
     ap.add_argument("--tissue_levels", action="store_true", help="normalized tissue levels per row; no model")
     ap.add_argument(
+        "--bias_sigma",
+        type=float,
+        default=0.0,
+        help="with --tissue_levels: divide out a bias field of this Gaussian sigma (pixels) too (0: off)",
+    )
+    ap.add_argument(
         "--contrast_percentile", type=float, action="append", default=[], help="with --tissue_levels: a power law"
     )
     ap.add_argument(
@@ -178,13 +217,15 @@ def main(argv: list[str] | None = None) -> dict:
         ap.error("--num_images must be at least 1")
     if args.contrast_percentile and not args.tissue_levels:
         ap.error("--contrast_percentile needs --tissue_levels")
+    if args.bias_sigma and not args.tissue_levels:
+        ap.error("--bias_sigma needs --tissue_levels (for the models: --set normalize_intensity#bias_sigma=S)")
     if args.floor_level and not args.contrast_percentile:
         ap.error("--floor_level needs --contrast_percentile")
     if args.tissue_levels and args.sets:
         ap.error("--set changes a model's config; --tissue_levels evaluates no model")
     indices = list(range(args.first_index, args.first_index + args.num_images))
     if args.tissue_levels:
-        levels = tissue_levels(args.seed, indices, args.contrast_percentile, args.floor_level)
+        levels = tissue_levels(args.seed, indices, args.contrast_percentile, args.floor_level, args.bias_sigma)
         print(tissue_table(levels))
         info = {"seed": args.seed, "subject_indices": [indices[0], indices[-1]]}
         return write_result("shift_sources", {"tissue_levels": levels, **info}, args.output, argv)

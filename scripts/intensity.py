@@ -4,7 +4,8 @@ MetaSeg fits its trunk to an image's intensities, so the meta-learned initializa
 arrives on the scale it was trained on. :class:`NormalizeBrainIntensityd` maps the background level to 0 and a fixed
 percentile of the brain's intensities to 1, which makes the result independent of a global intensity scale and
 offset (FreeSurfer ``norm``/255, raw scanner integers, a shifted background all give the same image). How the
-percentile was chosen is in ``docs/benchmarks.md`` (``benchmarks/intensity_reference.py``).
+percentile was chosen is in ``docs/benchmarks.md`` (``benchmarks/intensity_reference.py``). Options standardize the
+contrast (a power law through a second percentile) and divide out a scanner's bias field first.
 """
 
 from __future__ import annotations
@@ -21,9 +22,11 @@ from monai.utils import ImageMetaKey, convert_to_dst_type, convert_to_tensor
 __all__ = [
     "NormalizeBrainIntensity",
     "NormalizeBrainIntensityd",
+    "brain_bias_field",
     "brain_contrast_landmarks",
     "brain_intensity_range",
     "brain_threshold",
+    "correct_bias_field",
     "otsu_threshold",
 ]
 
@@ -101,6 +104,84 @@ def brain_intensity_range(
     return background, reference
 
 
+def _smoothed_brain(image: Any, smooth_sigma: float, noise_multiple: float) -> tuple[torch.Tensor, float, torch.Tensor]:
+    """``(x, background, brain)``: channel-first ``image`` smoothed with a Gaussian of ``smooth_sigma`` pixels, its
+    background level, and the mask of the voxels brighter than the background by more than ``noise_multiple`` times
+    the background's noise (its median absolute deviation; at least 2% of the intensity range)."""
+    x = convert_to_tensor(image, track_meta=False).detach().float()
+    if smooth_sigma > 0:  # channel-first: every channel smoothed over the spatial axes
+        x = convert_to_tensor(GaussianSmooth(smooth_sigma)(x), track_meta=False)
+    flat = x.flatten()
+    lo, hi = _robust_range(flat)
+    threshold = brain_threshold(flat, (lo, hi))
+    below = flat[flat <= threshold]
+    background = float(below.median())
+    noise = 1.4826 * float((below - background).abs().median())
+    return x, background, x > background + max(noise_multiple * noise, 0.02 * (hi - background))
+
+
+def brain_bias_field(
+    image: Any,
+    sigma: float,
+    smooth_sigma: float = 1.0,
+    noise_multiple: float = 3.0,
+    min_brain_fraction: float = 0.005,
+    source: str = "<image>",
+) -> tuple[torch.Tensor, float]:
+    """``(log_field, background)``: the log of a smooth multiplicative field over channel-first ``image``'s brain (a
+    scanner's bias field), estimated on its white matter, and the background level the field multiplies from.
+
+    White matter has one intensity wherever it lies (FreeSurfer's ``mri_normalize`` puts it at 110 everywhere), so
+    ``(x - background) / exp(log_field) + background`` restores that convention for an image from any pipeline. The
+    field is a Gaussian-weighted local mean (``sigma`` pixels) of the log intensity of white-matter-like voxels: first
+    the brain's 50th to 95th percentiles, then, three times, the voxels whose corrected level lies within a shrinking
+    band around the brain's 75th percentile, the band measured in units of the 75th-to-25th percentile distance of the
+    log levels. A scale, an offset or a gamma change of the image moves the selection and the field alike; the field
+    has mean zero over the last selection, so white matter keeps its mean level. Voxels farther than about three
+    ``sigma`` from the selected voxels get no correction; a brain without such voxels (one intensity level) none.
+    Statistics on the image smoothed by ``smooth_sigma`` pixels over the brain of :func:`brain_contrast_landmarks`.
+
+    Raises:
+        ValueError: naming ``source``, when no brain can be found (the checks of :func:`brain_intensity_range`).
+    """
+    brain_intensity_range(image, 75.0, min_brain_fraction, source)
+    x, background, brain = _smoothed_brain(image, smooth_sigma, noise_multiple)
+    level = torch.zeros_like(x)
+    level[brain] = torch.log(x[brain] - background)
+    field = torch.zeros_like(x)
+    smooth = GaussianSmooth(sigma)
+
+    def local_mean(values: torch.Tensor) -> torch.Tensor:
+        return convert_to_tensor(smooth(values), track_meta=False)  # plain tensors: the caller's metadata is kept
+
+    for width in (None, 0.3, 0.2, 0.13):
+        corrected = (level - field)[brain]
+        if width is None:
+            selected = (corrected > _quantile(corrected, 0.5)) & (corrected < _quantile(corrected, 0.95))
+        else:
+            upper, lower = _quantile(corrected, 0.75), _quantile(corrected, 0.25)
+            selected = (corrected - upper).abs() < width * (upper - lower)
+        if not selected.any():  # a brain of one level (no white matter to find): keep the last field
+            break
+        weight = torch.zeros_like(x)
+        weight[brain] = selected.float()
+        support = local_mean(weight)
+        field = torch.where(support > 1e-3, local_mean(level * weight) / support.clamp_min(1e-3), 0.0)
+        field = torch.where(support > 1e-3, field - field[weight > 0].mean(), 0.0)
+    return field, background
+
+
+def correct_bias_field(
+    image: Any, sigma: float, smooth_sigma: float = 1.0, min_brain_fraction: float = 0.005, source: str = "<image>"
+) -> torch.Tensor:
+    """``image`` (channel-first) with the field of :func:`brain_bias_field` divided out above its background."""
+    field, background = brain_bias_field(
+        image, sigma, smooth_sigma, min_brain_fraction=min_brain_fraction, source=source
+    )
+    x = convert_to_tensor(image, track_meta=False).float()
+    return (x - background) * torch.exp(-field) + background
+
+
 def brain_contrast_landmarks(
     image: torch.Tensor,
     percentile: float = 75.0,
@@ -131,16 +212,8 @@ def brain_contrast_landmarks(
         ValueError: naming ``source``, when no brain can be found, or the brain has no contrast.
     """
     brain_intensity_range(image, percentile, min_brain_fraction, source)  # the checks: empty, non-finite, no brain
-    x = convert_to_tensor(image, track_meta=False).detach().float()
-    if smooth_sigma > 0:
-        x = GaussianSmooth(smooth_sigma)(x)  # channel-first: every channel smoothed over the spatial axes
-    x = x.flatten()
-    lo, hi = _robust_range(x)
-    threshold = brain_threshold(x, (lo, hi))
-    below = x[x <= threshold]
-    background = float(below.median())
-    noise = 1.4826 * float((below - background).abs().median())
-    brain = x[x > background + max(noise_multiple * noise, 0.02 * (hi - background))]
+    x, background, mask = _smoothed_brain(image, smooth_sigma, noise_multiple)
+    brain = x[mask]
     low, reference = _quantile(brain, contrast_percentile / 100.0), _quantile(brain, percentile / 100.0)
     if tissue_floor > 0 and background < low < reference:
         cut = background + (reference - background) * ((low - background) / (reference - background)) ** tissue_floor
@@ -173,6 +246,9 @@ class NormalizeBrainIntensity(Transform):
             :func:`brain_contrast_landmarks`).
         smooth_sigma: Gaussian sigma (pixels) of the smoothing applied to the statistics only, not the output.
         max_exponent: the power law's exponent is clamped to ``[1 / max_exponent, max_exponent]``.
+        bias_sigma: with a value > 0, a scanner's bias field is divided out first (:func:`brain_bias_field`, a local
+            white-matter level over a Gaussian of this many pixels) and the landmarks are taken on the corrected image
+            (0: off).
     """
 
     def __init__(
@@ -185,6 +261,7 @@ class NormalizeBrainIntensity(Transform):
         smooth_sigma: float = 1.0,
         max_exponent: float = 4.0,
         tissue_floor: float = 0.0,
+        bias_sigma: float = 0.0,
     ) -> None:
         if not 0.0 < percentile < 100.0:
             raise ValueError(f"percentile must lie in (0, 100), got {percentile}.")
@@ -197,6 +274,8 @@ class NormalizeBrainIntensity(Transform):
                 raise ValueError(f"max_exponent must be >= 1, got {max_exponent}.")
             if tissue_floor != 0.0 and not tissue_floor > 1.0:
                 raise ValueError(f"tissue_floor must be 0 (off) or an exponent > 1, got {tissue_floor}.")
+        if not bias_sigma >= 0.0:
+            raise ValueError(f"bias_sigma must be 0 (off) or a Gaussian sigma in pixels > 0, got {bias_sigma}.")
         self.percentile = float(percentile)
         self.clip = None if clip is None else (float(clip[0]), float(clip[1]))
         self.min_brain_fraction = float(min_brain_fraction)
@@ -205,18 +284,21 @@ class NormalizeBrainIntensity(Transform):
         self.smooth_sigma = float(smooth_sigma)
         self.max_exponent = float(max_exponent)
         self.tissue_floor = float(tissue_floor)
+        self.bias_sigma = float(bias_sigma)
 
     def __call__(self, img: Any, source: str | None = None) -> Any:
         if source is None:
             meta = getattr(img, "meta", None) or {}
             source = str(meta.get(ImageMetaKey.FILENAME_OR_OBJ, "<image>"))
         x = convert_to_tensor(img, track_meta=False).float()
+        if self.bias_sigma > 0:
+            x = correct_bias_field(x, self.bias_sigma, self.smooth_sigma, self.min_brain_fraction, source)
         if self.contrast_percentile is None:
-            background, reference = brain_intensity_range(img, self.percentile, self.min_brain_fraction, source)
+            background, reference = brain_intensity_range(x, self.percentile, self.min_brain_fraction, source)
             out = (x - background) / (reference - background)
         else:
             background, low, reference = brain_contrast_landmarks(
-                img,
+                x,
                 self.percentile,
                 self.contrast_percentile,
                 self.smooth_sigma,
@@ -246,6 +328,7 @@ class NormalizeBrainIntensityd(MapTransform):
         smooth_sigma: float = 1.0,
         max_exponent: float = 4.0,
         tissue_floor: float = 0.0,
+        bias_sigma: float = 0.0,
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
@@ -258,6 +341,7 @@ class NormalizeBrainIntensityd(MapTransform):
             smooth_sigma,
             max_exponent,
             tissue_floor,
+            bias_sigma,
         )
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:

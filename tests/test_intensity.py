@@ -14,6 +14,7 @@ from scripts.demo_data import generate_subject
 from scripts.intensity import (
     NormalizeBrainIntensity,
     NormalizeBrainIntensityd,
+    brain_bias_field,
     brain_contrast_landmarks,
     brain_intensity_range,
     otsu_threshold,
@@ -26,6 +27,7 @@ CONFIGS = ["configs/train.json", "configs/inference.json"]  # configs/train_unet
 # the lower landmark above a CSF cut (release 0.16.3's candidate, not in the configs): the values that
 # `python -m benchmarks.intensity_reference --contrast_percentile 35 --floor_level 0.45` measures
 CSF_CUT_MAP = {"contrast_percentile": 35.0, "contrast_value": 0.76, "tissue_floor": 2.07}
+BIAS_SIGMA = 8.0  # the bias-field correction's Gaussian sigma (pixels) measured in release 0.16.4
 
 
 @pytest.fixture(scope="module")
@@ -124,6 +126,74 @@ def test_csf_cut_keeps_atrophy_from_reading_as_contrast():
     assert abs(with_cut) < 0.035 and configs > 2 * abs(with_cut), moves
 
 
+def _smooth_field(shape: tuple[int, ...], amplitude: float) -> torch.Tensor:
+    """A smooth log-field over a 2D slice: a tilt plus one slow bump, spanning about +-``amplitude``."""
+    i, j = torch.meshgrid(*(torch.linspace(-1.0, 1.0, n) for n in shape), indexing="ij")
+    return amplitude * (0.6 * i - 0.4 * j + 0.5 * torch.cos(2.0 * i) * torch.sin(1.5 * j))
+
+
+def test_bias_field_is_recovered_on_white_matter(slice_and_labels):
+    """A known smooth multiplicative field on a demo slice is what :func:`brain_bias_field` estimates (up to its
+    mean) on the white matter it is measured on: the error is a fraction of the field's own variation there."""
+    img, seg = slice_and_labels
+    applied = _smooth_field(img.shape[1:], 0.25)
+    clean_field, _ = brain_bias_field(img, BIAS_SIGMA)
+    field, background = brain_bias_field(img * torch.exp(applied)[None], BIAS_SIGMA)
+    assert background == pytest.approx(0.0, abs=1e-6)
+    wm = torch.as_tensor(seg == 3)
+    estimated = (field - clean_field)[0][wm]
+    truth = applied[wm] - applied[wm].mean()
+    error = float((estimated - estimated.mean() - truth).abs().mean())
+    assert error < 0.4 * float(truth.abs().mean()), (error, float(truth.abs().mean()))
+
+
+def test_bias_correction_undoes_a_bias_field(slice_and_labels):
+    """With ``bias_sigma`` the normalized slice under a strong bias field stays close to the clean one; without it,
+    the normalized intensities move more than twice as far."""
+    img, seg = slice_and_labels
+    biased = img * torch.exp(_smooth_field(img.shape[1:], 0.25))[None]
+    gaps = {}
+    for sigma in (0.0, BIAS_SIGMA):
+        norm = NormalizeBrainIntensity(contrast_percentile=25.0, contrast_value=0.595, bias_sigma=sigma)
+        clean, out = norm(img)[0].numpy(), norm(biased)[0].numpy()
+        brain = seg > 0
+        gaps[sigma] = float(np.abs(out - clean)[brain].mean())
+    assert gaps[BIAS_SIGMA] < 0.5 * gaps[0.0], gaps
+
+
+@pytest.mark.parametrize("scale, offset, gamma", [(0.5, 0.0, 1.0), (255.0 * 9.3, 64.0, 1.0), (1.0, 0.0, 1.6)])
+def test_bias_correction_keeps_the_invariances(slice_and_labels, scale, offset, gamma):
+    """Scale and offset change nothing; a gamma moves no tissue's median by more than without the correction."""
+    from monai.transforms import AdjustContrast
+
+    img, seg = slice_and_labels
+    norm = NormalizeBrainIntensity(contrast_percentile=25.0, contrast_value=0.595, bias_sigma=BIAS_SIGMA)
+    changed = AdjustContrast(gamma)(img) * scale + offset
+    clean, out = norm(img)[0].numpy(), norm(changed)[0].numpy()
+    if gamma == 1.0:
+        np.testing.assert_allclose(out, clean, atol=1e-3)
+    else:
+        moved = [abs(float(np.median(out[seg == c]) - np.median(clean[seg == c]))) for c in (1, 2, 3, 4)]
+        assert max(moved) < 0.03, moved
+
+
+def test_bias_correction_leaves_a_one_level_brain_alone():
+    """A brain of one intensity (a mask, say) has no white matter to read a field from: no correction, no NaN."""
+    x = torch.zeros(1, 64, 64)
+    x[0, 16:48, 12:52] = 3.0
+    field, background = brain_bias_field(x, BIAS_SIGMA)
+    assert background == 0.0 and torch.count_nonzero(field) == 0
+    np.testing.assert_allclose(NormalizeBrainIntensity(bias_sigma=BIAS_SIGMA)(x), NormalizeBrainIntensity()(x))
+
+
+def test_bias_correction_on_an_image_without_brain_names_the_file():
+    x = torch.zeros(1, 64, 64)
+    x[0, 10, 10] = 1.0
+    with pytest.raises(ValueError, match="no brain found") as err:
+        NormalizeBrainIntensity(bias_sigma=BIAS_SIGMA)(MetaTensor(x, meta={"filename_or_obj": "/data/empty.nii.gz"}))
+    assert "/data/empty.nii.gz" in str(err.value)
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [
@@ -132,6 +202,7 @@ def test_csf_cut_keeps_atrophy_from_reading_as_contrast():
         ({"contrast_percentile": 80.0, "contrast_value": 0.5}, "contrast_percentile"),
         ({"contrast_percentile": 25.0, "contrast_value": 0.5, "max_exponent": 0.5}, "max_exponent"),
         ({"contrast_percentile": 25.0, "contrast_value": 0.5, "tissue_floor": 0.5}, "tissue_floor"),
+        ({"bias_sigma": -1.0}, "bias_sigma"),
     ],
 )
 def test_contrast_arguments_are_checked(kwargs, message):
@@ -147,12 +218,18 @@ def test_contrast_map_on_an_image_without_brain_names_the_file():
     assert "/data/empty.nii.gz" in str(err.value)
 
 
-def test_dict_version_keeps_metadata_and_dtype(slice_and_labels):
+@pytest.mark.parametrize(
+    "kwargs", [{}, {"contrast_percentile": 25.0, "contrast_value": 0.595}, {**CSF_CUT_MAP, "bias_sigma": BIAS_SIGMA}]
+)
+def test_dict_version_keeps_metadata_and_dtype(slice_and_labels, kwargs):
+    """The file name and affine survive every option: the head stage caches fits by file name, writers need both."""
     img, _ = slice_and_labels
-    mt = MetaTensor((img * 1000).to(torch.int16), meta={"filename_or_obj": "a.nii.gz"})
-    out = NormalizeBrainIntensityd("image")({"image": mt, "label": 1})
+    affine = torch.diag(torch.tensor([-1.0, 1.0, 1.0, 1.0]))
+    mt = MetaTensor((img * 1000).to(torch.int16), affine=affine, meta={"filename_or_obj": "a.nii.gz"})
+    out = NormalizeBrainIntensityd("image", **kwargs)({"image": mt, "label": 1})
     assert isinstance(out["image"], MetaTensor) and out["image"].dtype == torch.float32
     assert out["image"].meta["filename_or_obj"] == "a.nii.gz" and out["label"] == 1
+    assert torch.equal(out["image"].affine, affine.to(out["image"].affine.dtype))
 
 
 @pytest.mark.parametrize(
