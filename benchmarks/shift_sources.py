@@ -15,14 +15,15 @@ them to a temporary folder and evaluates MetaSeg and the U-Net on each set with 
 
 ``--tissue_levels`` evaluates no model: it prints where the intensity normalization puts each tissue on each row (the
 median normalized intensity of each foreground class, mean over the subjects, and its move from the ``none`` row in
-standard deviations of the ``none`` subjects), for the configs' ``normalize_intensity``, its linear variant (no
-contrast standardization) and a power law through each ``--contrast_percentile`` (its value measured on the demo
-training subjects as ``benchmarks.intensity_reference`` does), taken above a CSF cut with ``--floor_level``. It also
-prints how much tissue pairs overlap in intensity (the error of the best single threshold between them), and
-``--bias_sigma`` adds the configs' map with a bias-field correction (and corrects the power laws' images too):
+standard deviations of the ``none`` subjects), for the configs' ``normalize_intensity`` (with and without its
+bias-field correction), its linear variant (no contrast standardization) and a power law through each
+``--contrast_percentile`` (its value measured on the demo training subjects as ``benchmarks.intensity_reference``
+does), taken above a CSF cut with ``--floor_level``. It also prints how much tissue pairs overlap in intensity (the
+error of the best single threshold between them), and ``--bias_sigma`` corrects the power laws' images first and adds
+the configs' map with a bias-field correction of that sigma (when it is not the configs' own):
 
     python -m benchmarks.shift_sources --tissue_levels --contrast_percentile 35 --floor_level 0.45
-    python -m benchmarks.shift_sources --tissue_levels --bias_sigma 8
+    python -m benchmarks.shift_sources --tissue_levels --bias_sigma 4
 """
 
 from __future__ import annotations
@@ -101,25 +102,24 @@ def write_variants(root: Path, seed: int, indices: list[int]) -> Path:
 def normalizations(
     seed: int, contrast_percentiles: list[float], floor_level: float = 0.0, bias_sigma: float = 0.0
 ) -> dict[str, NormalizeBrainIntensity]:
-    """The configs' ``normalize_intensity`` (``configs/inference.json``), its linear variant, and a power law through
+    """The configs' ``normalize_intensity`` (``configs/inference.json``; also without its bias-field correction when it
+    has one), its linear variant, and a power law through
     each of ``contrast_percentiles`` with its ``contrast_value`` measured on the demo training subjects: of the whole
     brain, or with ``floor_level`` > 0 of the brain above a CSF cut at that level (``tissue_floor`` measured as
     ``benchmarks.intensity_reference`` does). ``bias_sigma`` > 0 adds the configs' map with a bias-field correction
-    of that sigma and corrects the power laws' images too (their values measured on corrected training subjects)."""
+    of that sigma (unless the configs already use it) and corrects the power laws' images too (their values measured
+    on corrected training subjects)."""
     config = ConfigParser.load_config_file(str(REPO_ROOT / "configs" / "inference.json"))["normalize_intensity"]
     kwargs = {k: v for k, v in config.items() if k not in ("_target_", "keys")}
-    floor = above_cut(kwargs.get("tissue_floor", 0.0))
-    maps = {
-        f"configs (p{kwargs['percentile']:g}, p{kwargs['contrast_percentile']:g}{floor})": NormalizeBrainIntensity(
-            **kwargs
-        ),
-        f"linear (p{kwargs['percentile']:g})": NormalizeBrainIntensity(kwargs["percentile"]),
-    }
-    if bias_sigma > 0:
-        label = (
-            f"configs (p{kwargs['percentile']:g}, p{kwargs['contrast_percentile']:g}{floor}){bias_label(bias_sigma)}"
-        )
-        maps[label] = NormalizeBrainIntensity(**{**kwargs, "bias_sigma": bias_sigma})
+    configs = f"configs (p{kwargs['percentile']:g}, p{kwargs['contrast_percentile']:g}"
+    configs += f"{above_cut(kwargs.get('tissue_floor', 0.0))})"
+    own_sigma = kwargs.get("bias_sigma", 0.0)
+    maps = {configs + bias_label(own_sigma): NormalizeBrainIntensity(**kwargs)}
+    if own_sigma > 0:  # what the bias-field correction does: the same map without it
+        maps[configs] = NormalizeBrainIntensity(**{**kwargs, "bias_sigma": 0.0})
+    maps[f"linear (p{kwargs['percentile']:g})"] = NormalizeBrainIntensity(kwargs["percentile"])
+    if bias_sigma > 0 and bias_sigma != own_sigma:
+        maps[configs + bias_label(bias_sigma)] = NormalizeBrainIntensity(**{**kwargs, "bias_sigma": bias_sigma})
     for q in contrast_percentiles:
         cut, value, _ = measure_contrast_landmark(seed, q, floor_level, bias_sigma)
         kwargs.update(contrast_percentile=q, contrast_value=round(value, 3), tissue_floor=cut, bias_sigma=bias_sigma)

@@ -166,8 +166,9 @@ def brain_bias_field(
         weight = torch.zeros_like(x)
         weight[brain] = selected.float()
         support = local_mean(weight)
-        field = torch.where(support > 1e-3, local_mean(level * weight) / support.clamp_min(1e-3), 0.0)
-        field = torch.where(support > 1e-3, field - field[weight > 0].mean(), 0.0)
+        reached = support > 1e-3  # pixels near enough to a selected one for a local mean
+        field = torch.where(reached, local_mean(level * weight) / support.clamp_min(1e-3), 0.0)
+        field = torch.where(reached, field - field[weight > 0].mean(), 0.0)
     return field, background
 
 

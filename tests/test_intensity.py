@@ -17,6 +17,7 @@ from scripts.intensity import (
     brain_bias_field,
     brain_contrast_landmarks,
     brain_intensity_range,
+    correct_bias_field,
     otsu_threshold,
 )
 from tests.utils import REPO_ROOT, run_inference_on_files, save_tiny_metaseg
@@ -24,10 +25,9 @@ from tests.utils import REPO_ROOT, run_inference_on_files, save_tiny_metaseg
 pytestmark = pytest.mark.usefixtures("bundle_unchanged")  # nothing of the bundle changes
 
 CONFIGS = ["configs/train.json", "configs/inference.json"]  # configs/train_unet.json layers on train.json
-# the lower landmark above a CSF cut (release 0.16.3's candidate, not in the configs): the values that
-# `python -m benchmarks.intensity_reference --contrast_percentile 35 --floor_level 0.45` measures
-CSF_CUT_MAP = {"contrast_percentile": 35.0, "contrast_value": 0.76, "tissue_floor": 2.07}
-BIAS_SIGMA = 8.0  # the bias-field correction's Gaussian sigma (pixels) measured in release 0.16.4
+# the power law through the whole brain's 25th percentile: the configs' map up to release 0.16 (the paper preset's)
+WHOLE_BRAIN_MAP = {"contrast_percentile": 25.0, "contrast_value": 0.595}
+BIAS_SIGMA = 8.0  # the configs' bias-field correction sigma (pixels), chosen in release 0.16.4
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +61,8 @@ def test_white_matter_lands_near_one(slice_and_labels):
 
 
 def _contrast_map(config: str = "configs/inference.json") -> NormalizeBrainIntensity:
-    """The shipped configs' normalization (power law through the brain's 25th and 75th percentiles)."""
+    """The shipped configs' normalization (bias field divided out, then a power law through the brain's 75th
+    percentile and its 35th above a CSF cut)."""
     args = json.loads((REPO_ROOT / config).read_text())["normalize_intensity"]
     return NormalizeBrainIntensity(**{k: v for k, v in args.items() if k not in ("_target_", "keys")})
 
@@ -74,7 +75,11 @@ def test_contrast_standardization_undoes_a_gamma(slice_and_labels, gamma):
 
     img, seg = slice_and_labels
     changed = AdjustContrast(gamma)(img)
-    maps = ((_contrast_map(), 0.03), (NormalizeBrainIntensity(**CSF_CUT_MAP), 0.03), (NormalizeBrainIntensity(), None))
+    maps = (
+        (_contrast_map(), 0.03),
+        (NormalizeBrainIntensity(**WHOLE_BRAIN_MAP), 0.03),
+        (NormalizeBrainIntensity(), None),
+    )
     for norm, tolerance in maps:
         clean, out = norm(img)[0].numpy(), norm(changed)[0].numpy()
         moved = [abs(float(np.median(out[seg == c]) - np.median(clean[seg == c]))) for c in (1, 2, 3, 4)]
@@ -93,13 +98,16 @@ def test_contrast_standardization_invariant_to_scale_and_offset(slice_and_labels
 
 def test_contrast_value_is_the_training_subjects_mean():
     """``contrast_value`` in every config is the mean landmark of the demo training subjects (here: the first 20 of
-    them, which agree within the subjects' spread), so the shipped map leaves typical training images unchanged."""
+    them, which agree within the subjects' spread; bias field divided out as the configs do), so the shipped map
+    leaves typical training images unchanged."""
     args = json.loads((REPO_ROOT / CONFIGS[0]).read_text())["normalize_intensity"]
     ratios = []
     for index in range(1, 21):
-        img, _ = generate_subject(0, index)
+        img = torch.as_tensor(generate_subject(0, index)[0])[None]
+        if args.get("bias_sigma", 0.0) > 0:
+            img = correct_bias_field(img, args["bias_sigma"])
         background, low, reference = brain_contrast_landmarks(
-            torch.as_tensor(img)[None],
+            img,
             args["percentile"],
             args["contrast_percentile"],
             tissue_floor=args.get("tissue_floor", 0.0),
@@ -112,18 +120,18 @@ def test_contrast_value_is_the_training_subjects_mean():
 
 def test_csf_cut_keeps_atrophy_from_reading_as_contrast():
     """An atrophied brain (the demo generator's older anatomy: more CSF, thinner cortex, the same tissue contrast):
-    the configs' map, whose lower landmark is the whole brain's 25th percentile, lifts its cortex towards white matter;
-    with the lower landmark taken above a CSF cut (``tissue_floor``) the cortex stays near where a young brain has it.
-    """
-    maps = {"configs": _contrast_map(), "CSF cut": NormalizeBrainIntensity(**CSF_CUT_MAP)}
+    a map whose lower landmark is the whole brain's 25th percentile lifts its cortex towards white matter; the
+    configs' map, whose lower landmark lies above a CSF cut (``tissue_floor``), keeps the cortex near where a young
+    brain has it."""
+    maps = {"whole brain": NormalizeBrainIntensity(**WHOLE_BRAIN_MAP), "CSF cut": _contrast_map()}
     moves: dict[str, list[float]] = {name: [] for name in maps}
     for index in range(81, 89):  # validation subjects
         pairs = [generate_subject(0, index), generate_subject(0, index, shifted=["anatomy"])]
         for name, norm in maps.items():
             young, old = (float(np.median(norm(torch.as_tensor(x)[None])[0].numpy()[s == 1])) for x, s in pairs)
             moves[name].append(old - young)
-    with_cut, configs = float(np.mean(moves["CSF cut"])), float(np.mean(moves["configs"]))
-    assert abs(with_cut) < 0.035 and configs > 2 * abs(with_cut), moves
+    with_cut, whole = float(np.mean(moves["CSF cut"])), float(np.mean(moves["whole brain"]))
+    assert abs(with_cut) < 0.035 and whole > 2 * abs(with_cut), moves
 
 
 def _smooth_field(shape: tuple[int, ...], amplitude: float) -> torch.Tensor:
@@ -154,7 +162,7 @@ def test_bias_correction_undoes_a_bias_field(slice_and_labels):
     biased = img * torch.exp(_smooth_field(img.shape[1:], 0.25))[None]
     gaps = {}
     for sigma in (0.0, BIAS_SIGMA):
-        norm = NormalizeBrainIntensity(contrast_percentile=25.0, contrast_value=0.595, bias_sigma=sigma)
+        norm = NormalizeBrainIntensity(**WHOLE_BRAIN_MAP, bias_sigma=sigma)
         clean, out = norm(img)[0].numpy(), norm(biased)[0].numpy()
         brain = seg > 0
         gaps[sigma] = float(np.abs(out - clean)[brain].mean())
@@ -167,7 +175,7 @@ def test_bias_correction_keeps_the_invariances(slice_and_labels, scale, offset, 
     from monai.transforms import AdjustContrast
 
     img, seg = slice_and_labels
-    norm = NormalizeBrainIntensity(contrast_percentile=25.0, contrast_value=0.595, bias_sigma=BIAS_SIGMA)
+    norm = _contrast_map()
     changed = AdjustContrast(gamma)(img) * scale + offset
     clean, out = norm(img)[0].numpy(), norm(changed)[0].numpy()
     if gamma == 1.0:
@@ -219,7 +227,12 @@ def test_contrast_map_on_an_image_without_brain_names_the_file():
 
 
 @pytest.mark.parametrize(
-    "kwargs", [{}, {"contrast_percentile": 25.0, "contrast_value": 0.595}, {**CSF_CUT_MAP, "bias_sigma": BIAS_SIGMA}]
+    "kwargs",
+    [
+        {},
+        WHOLE_BRAIN_MAP,
+        {"contrast_percentile": 35.0, "contrast_value": 0.76, "tissue_floor": 2.1, "bias_sigma": BIAS_SIGMA},
+    ],
 )
 def test_dict_version_keeps_metadata_and_dtype(slice_and_labels, kwargs):
     """The file name and affine survive every option: the head stage caches fits by file name, writers need both."""
