@@ -130,7 +130,10 @@ def test_fit_snapshots_equal_separate_fits(fit_points, end_factor):
     inferer = MetaSegInferer(fit_steps=1, fit_lr=1e-2, fit_points=fit_points, fit_lr_end_factor=end_factor)
     snapshots = inferer.fit_snapshots(image, net, [7, 0, 3, 3])
     assert [s for s, _, _ in snapshots] == [0, 3, 7]
-    assert snapshots[0][1] <= snapshots[1][1] <= snapshots[2][1]
+    seconds = [s for _, s, _ in snapshots]
+    if end_factor == 1.0:  # one fit: its snapshots' clocks run on; fits of their own are timed apart (any order)
+        assert seconds == sorted(seconds), seconds
+    assert min(seconds) >= 0.0, seconds
     for steps, _, fit in snapshots:
         inferer.fit_steps = steps
         alone = inferer.fit(image, net)
