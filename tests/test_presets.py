@@ -49,6 +49,27 @@ def test_paper_training_stack_is_the_authors_method():
     assert parser.get_parsed_content("ckpt_dir").endswith("/models/paper")
 
 
+def test_weights_keep_the_normalization_they_were_trained_with():
+    """The default and fast weights (release 0.17.0) were trained with the bias-corrected CSF-cut map; the paper
+    preset's and the 3D weights with release 0.16's maps, which their configs pin in training and inference alike."""
+    default = {"contrast_percentile": 35.0, "contrast_value": 0.762, "tissue_floor": 2.11, "bias_sigma": 8.0}
+    paper = {"contrast_percentile": 25.0, "contrast_value": 0.595, "tissue_floor": 0.0, "bias_sigma": 0.0}
+    stacks = [
+        (["configs/inference.json"], default),
+        (["configs/train.json", "configs/fast.json", "configs/train_fast.json"], default),
+        (["configs/inference.json", "configs/paper.json"], paper),
+        (PAPER_TRAIN, paper),
+        (["configs/inference.json", "configs/3d.json"], {"contrast_percentile": None, "bias_sigma": 0.0}),
+        (
+            ["configs/train.json", "configs/3d.json", "configs/train_3d.json"],
+            {"contrast_percentile": None, "bias_sigma": 0.0},
+        ),
+    ]
+    for files, expected in stacks:
+        norm = _parser(files)["normalize_intensity"]
+        assert {k: norm[k] for k in expected} == expected, files
+
+
 def test_paper_preset_trains_and_evaluates_end_to_end(tmp_path, tiny_dataset):
     dataset_dir, splits = tiny_dataset
     common = data_args(dataset_dir, splits, tmp_path / "models")
