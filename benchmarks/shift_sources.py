@@ -103,12 +103,11 @@ def normalizations(
     seed: int, contrast_percentiles: list[float], floor_level: float = 0.0, bias_sigma: float = 0.0
 ) -> dict[str, NormalizeBrainIntensity]:
     """The configs' ``normalize_intensity`` (``configs/inference.json``; also without its bias-field correction when it
-    has one), its linear variant, and a power law through
-    each of ``contrast_percentiles`` with its ``contrast_value`` measured on the demo training subjects: of the whole
-    brain, or with ``floor_level`` > 0 of the brain above a CSF cut at that level (``tissue_floor`` measured as
-    ``benchmarks.intensity_reference`` does). ``bias_sigma`` > 0 adds the configs' map with a bias-field correction
-    of that sigma (unless the configs already use it) and corrects the power laws' images too (their values measured
-    on corrected training subjects)."""
+    has one), its linear variant, and a power law through each of ``contrast_percentiles`` with its ``contrast_value``
+    measured on the demo training subjects: of the whole brain, or with ``floor_level`` > 0 of the brain above a CSF
+    cut at that level (``tissue_floor`` measured as ``benchmarks.intensity_reference`` does). ``bias_sigma`` > 0 adds
+    the configs' map with a bias-field correction of that sigma (unless the configs already use it) and corrects the
+    power laws' images too (their values measured on corrected training subjects)."""
     config = ConfigParser.load_config_file(str(REPO_ROOT / "configs" / "inference.json"))["normalize_intensity"]
     kwargs = {k: v for k, v in config.items() if k not in ("_target_", "keys")}
     configs = f"configs (p{kwargs['percentile']:g}, p{kwargs['contrast_percentile']:g}"
