@@ -13,7 +13,7 @@ from monai.data import NibabelReader
 from monai.transforms import LoadImaged, MapTransform
 from monai.utils import ImageMetaKey, PostFix
 
-__all__ = ["SQUEEZED_AXES_KEY", "LoadImageCheckedd", "ValidateMetaSegInputd"]
+__all__ = ["SQUEEZED_AXES_KEY", "LoadImageCheckedd", "ValidateMetaSegInputd", "source_name"]
 
 FREESURFER_SUFFIXES = (".mgz", ".mgh")
 SQUEEZED_AXES_KEY = "metaseg_squeezed_axes"  # metadata: trailing singleton axes dropped from the input file
@@ -53,7 +53,8 @@ class LoadImageCheckedd(LoadImaged):
         return d
 
 
-def _source(x: object, key: Hashable) -> str:
+def source_name(x: object, key: Hashable) -> str:
+    """The file an image was read from (its metadata), or ``<key>``."""
     meta = getattr(x, "meta", None) or {}
     return str(meta.get(ImageMetaKey.FILENAME_OR_OBJ, f"<{key}>"))
 
@@ -66,7 +67,8 @@ class ValidateMetaSegInputd(MapTransform):
     - every key must then be ``[1, *spatial]`` with ``spatial_dims`` spatial axes, and not be empty (a 3D bundle
       also refuses a volume one voxel thick: that is a 2D slice);
     - the image must be finite and not constant;
-    - the label (``label_key``, if present) must hold integers in ``[0, num_classes)`` and match the image's shape.
+    - the label (``label_key``, if present) must hold integers in ``[0, num_classes)``, some of them foreground, and
+      match the image's shape and affine (it lies on the image in world space).
 
     Raises ``ValueError`` naming the file and the problem.
     """
@@ -99,15 +101,15 @@ class ValidateMetaSegInputd(MapTransform):
         if x.dim() != self.spatial_dims + 1 or x.shape[0] != 1:
             spatial = tuple(x.shape[1:])
             raise ValueError(
-                f"{_source(x, key)}: expected a single-channel {self.spatial_dims}D {key}, got a {len(spatial)}D array "
-                f"of shape {spatial} with {x.shape[0]} channel(s); this bundle is configured for spatial_dims="
-                f"{self.spatial_dims}."
+                f"{source_name(x, key)}: expected a single-channel {self.spatial_dims}D {key}, got a "
+                f"{len(spatial)}D array of shape {spatial} with {x.shape[0]} channel(s); this bundle is configured for "
+                f"spatial_dims={self.spatial_dims}."
             )
         if x.numel() == 0:
-            raise ValueError(f"{_source(x, key)}: the {key} is empty (shape {tuple(x.shape[1:])}).")
+            raise ValueError(f"{source_name(x, key)}: the {key} is empty (shape {tuple(x.shape[1:])}).")
         if self.spatial_dims == 3 and min(x.shape[1:]) == 1:
             raise ValueError(
-                f"{_source(x, key)}: the {key} of shape {tuple(x.shape[1:])} is a 2D slice, but this bundle is "
+                f"{source_name(x, key)}: the {key} of shape {tuple(x.shape[1:])} is a 2D slice, but this bundle is "
                 "configured for 3D volumes (spatial_dims=3); use the 2D configs (e.g. configs/inference.json)."
             )
         return x
@@ -115,24 +117,39 @@ class ValidateMetaSegInputd(MapTransform):
     def _check_image(self, x: torch.Tensor, key: Hashable) -> None:
         if not torch.isfinite(x).all():
             bad = int((~torch.isfinite(x)).sum())
-            raise ValueError(f"{_source(x, key)}: the {key} contains {bad} NaN or infinite value(s).")
+            raise ValueError(f"{source_name(x, key)}: the {key} contains {bad} NaN or infinite value(s).")
         if float(x.max()) == float(x.min()):
-            raise ValueError(f"{_source(x, key)}: the {key} is constant ({float(x.min())}); nothing to fit.")
+            raise ValueError(f"{source_name(x, key)}: the {key} is constant ({float(x.min())}); nothing to fit.")
 
     def _check_label(self, y: torch.Tensor, key: Hashable, image: torch.Tensor | None) -> None:
         if not torch.isfinite(y).all() or not torch.equal(y, torch.round(y)):
-            raise ValueError(f"{_source(y, key)}: the {key} must hold integer class indices.")
+            raise ValueError(f"{source_name(y, key)}: the {key} must hold integer class indices.")
         lo, hi = int(y.min()), int(y.max())
         if lo < 0 or hi >= self.num_classes:
             raise ValueError(
-                f"{_source(y, key)}: {key} values must lie in [0, {self.num_classes - 1}] for num_classes="
+                f"{source_name(y, key)}: {key} values must lie in [0, {self.num_classes - 1}] for num_classes="
                 f"{self.num_classes}, found values in [{lo}, {hi}]."
             )
-        if image is not None and tuple(y.shape[1:]) != tuple(image.shape[1:]):
+        if hi == 0:
             raise ValueError(
-                f"{_source(y, key)}: {key} shape {tuple(y.shape[1:])} differs from the image shape "
-                f"{tuple(image.shape[1:])} ({_source(image, self.image_key)})."
+                f"{source_name(y, key)}: the {key} is empty (every value 0, background); nothing to score."
             )
+        if image is None:
+            return
+        if tuple(y.shape[1:]) != tuple(image.shape[1:]):
+            raise ValueError(
+                f"{source_name(y, key)}: {key} shape {tuple(y.shape[1:])} differs from the image shape "
+                f"{tuple(image.shape[1:])} ({source_name(image, self.image_key)})."
+            )
+        label_affine, image_affine = getattr(y, "affine", None), getattr(image, "affine", None)
+        if label_affine is not None and image_affine is not None:
+            if not torch.allclose(label_affine.double(), image_affine.double(), atol=1e-3, rtol=0):
+                raise ValueError(
+                    f"{source_name(y, key)}: the {key} does not lie on the image "
+                    f"{source_name(image, self.image_key)} in world space (affines differ: "
+                    f"{np.round(label_affine.numpy(), 3).tolist()} vs {np.round(image_affine.numpy(), 3).tolist()}); "
+                    "resample the label onto its image first."
+                )
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
         d = dict(data)

@@ -31,8 +31,10 @@ SLICE_SHAPE = (160, 192)  # left-right x superior-inferior
 VOLUME_SHAPE = (160, 192, 224)  # L-R, S-I, A-P (FreeSurfer LIA, cropped like neurite-oasis' aligned volumes)
 SLICE_INDEX = 109  # coronal slice of the aligned volume that neurite-oasis' 2D data uses
 SLICE_Y_MM = -16.0  # MNI y of the nominal slice (behind the anterior commissure, through thalamus + hippocampus)
-# affine of the written images: 1 mm, first axis right->left, second superior->inferior, third posterior->anterior
-AFFINE = np.array([[-1.0, 0, 0, 80], [0, 0, 1, 0], [0, -1.0, 0, 96], [0, 0, 0, 1]])
+# 2D slices are written as real neurite-oasis ones are: 160x192x1, identity affine (the arrays' axes are left-right
+# and superior->inferior all the same; scripts.geometry says how such files and anatomically oriented ones are read)
+AFFINE = np.eye(4)
+# volumes: 1 mm, first axis right->left, second superior->inferior, third posterior->anterior (FreeSurfer LIA)
 AFFINE_3D = np.array([[-1.0, 0, 0, 80], [0, 0, 1, -SLICE_INDEX], [0, -1.0, 0, 96], [0, 0, 0, 1]])
 
 # index, name, R, G, B, A (FreeSurfer colour-table format)

@@ -36,8 +36,9 @@ GENERATOR_NAME = "metaseg-demo-data"
 # 1.1: 3D labels corrected outside the 2D band; 2.0: neurite-oasis intensity convention (FreeSurfer norm/255), non-brain
 # rim, age-dependent atrophy, asymmetry, and a ``test_shifted`` split; 2.1: 3D deformation and bias fields evaluated
 # separably (3x faster; equal to 2.0 up to rounding, the same arrays in every subject checked but not guaranteed), 2D
-# subjects unchanged bit for bit
-GENERATOR_VERSION = "2.1"
+# subjects unchanged bit for bit; 2.2: 2D slices stored as neurite-oasis stores them (160x192x1, identity affine, readable
+# by ITK), the same arrays
+GENERATOR_VERSION = "2.2"
 MANIFEST_NAME = "demo_manifest.json"
 SPLITS_NAME = {2: "demo_splits.json", 3: "demo_splits_3d.json"}
 _WORKER_MEMORY = 3 * 2**30  # peak memory of one process generating 3D subjects, with room to spare
@@ -211,8 +212,8 @@ def _write_subject(root: str, name: str, seed: int, index: int, spatial_dims: in
         _save(folder / "aligned_seg4.nii.gz", seg, AFFINE_3D)
         files += [f"{name}/aligned_norm.nii.gz", f"{name}/aligned_seg4.nii.gz"]
         img, seg = np.ascontiguousarray(img[:, :, SLICE_INDEX]), np.ascontiguousarray(seg[:, :, SLICE_INDEX])
-    _save(folder / "slice_norm.nii.gz", img, AFFINE)
-    _save(folder / "slice_seg4.nii.gz", seg, AFFINE)
+    _save(folder / "slice_norm.nii.gz", img[..., None], AFFINE)  # 160x192x1, as neurite-oasis stores its slices
+    _save(folder / "slice_seg4.nii.gz", seg[..., None], AFFINE)
     return files + [f"{name}/slice_norm.nii.gz", f"{name}/slice_seg4.nii.gz"]
 
 
