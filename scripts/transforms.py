@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Hashable, Mapping
 from typing import Any
 
+import nibabel as nib
 import numpy as np
 import torch
 from monai.config import KeysCollection
@@ -13,9 +15,18 @@ from monai.data import NibabelReader
 from monai.transforms import LoadImaged, MapTransform
 from monai.utils import ImageMetaKey, PostFix
 
-__all__ = ["SQUEEZED_AXES_KEY", "LoadImageCheckedd", "ValidateMetaSegInputd", "source_name"]
+__all__ = [
+    "MAX_VOXELS",
+    "SQUEEZED_AXES_KEY",
+    "LoadImageCheckedd",
+    "ValidateMetaSegInputd",
+    "check_image_header",
+    "source_name",
+]
 
 FREESURFER_SUFFIXES = (".mgz", ".mgh")
+MAX_VOXELS = 512**3  # larger images are refused before their data are read (a decompression bomb, a wrong header)
+MIN_INTENSITY_LEVELS = 16  # fewer distinct intensities: a mask or a label map, not an MR image
 SQUEEZED_AXES_KEY = "metaseg_squeezed_axes"  # metadata: trailing singleton axes dropped from the input file
 
 
@@ -40,6 +51,7 @@ class LoadImageCheckedd(LoadImaged):
                     raise FileNotFoundError(f"{key} file not found: {path}")
                 if os.path.getsize(path) == 0:
                     raise ValueError(f"{path}: the {key} file is empty (0 bytes).")
+                check_image_header(path, key)
             file_reader = reader
             if file_reader is None and str(path).lower().endswith(FREESURFER_SUFFIXES):
                 file_reader = NibabelReader()
@@ -51,6 +63,27 @@ class LoadImageCheckedd(LoadImaged):
                 loaded, d[PostFix.meta(str(key))] = loaded
             d[key] = loaded
         return d
+
+
+def check_image_header(path: str | os.PathLike, key: Hashable = "image") -> None:
+    """Refuse, from its header alone (before any data is decompressed), a NIfTI/MGH file that holds complex values,
+    more than ``MAX_VOXELS`` voxels, or a non-finite affine; ``ValueError`` naming the file. Files nibabel cannot
+    read are left to the image reader, whose error names them."""
+    try:
+        header = nib.load(str(path)).header
+    except Exception:
+        return
+    dtype = np.dtype(header.get_data_dtype())
+    if dtype.kind == "c":
+        raise ValueError(f"{path}: the {key} holds complex values ({dtype}); give the magnitude image.")
+    shape = tuple(int(n) for n in header.get_data_shape())
+    if math.prod(shape) > MAX_VOXELS:
+        raise ValueError(f"{path}: the {key} has {math.prod(shape)} voxels {shape}, more than {MAX_VOXELS} (refused).")
+    if isinstance(header, nib.Nifti1Header):
+        for name in ("sform", "qform"):
+            matrix, code = getattr(header, f"get_{name}")(coded=True)
+            if code and (matrix is None or not np.isfinite(matrix).all()):
+                raise ValueError(f"{path}: the {key}'s {name} (its position in space) holds NaN or infinite values.")
 
 
 def source_name(x: object, key: Hashable) -> str:
@@ -120,6 +153,13 @@ class ValidateMetaSegInputd(MapTransform):
             raise ValueError(f"{source_name(x, key)}: the {key} contains {bad} NaN or infinite value(s).")
         if float(x.max()) == float(x.min()):
             raise ValueError(f"{source_name(x, key)}: the {key} is constant ({float(x.min())}); nothing to fit.")
+        sample = x.flatten()[:: max(1, x.numel() // 65536)]
+        levels = int(torch.unique(sample).numel())
+        if levels < MIN_INTENSITY_LEVELS:
+            raise ValueError(
+                f"{source_name(x, key)}: the {key} has only {levels} distinct intensities; expected an MR image, not "
+                "a mask or a label map."
+            )
 
     def _check_label(self, y: torch.Tensor, key: Hashable, image: torch.Tensor | None) -> None:
         if not torch.isfinite(y).all() or not torch.equal(y, torch.round(y)):

@@ -9,6 +9,7 @@ also read with SimpleITK, the reader of ITK-based viewers.
 
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 
@@ -236,32 +237,58 @@ def test_evaluation_refuses_a_label_that_is_not_on_its_image(change, phrase, tmp
     assert not list((tmp_path / "out").rglob("*.nii.gz"))
 
 
+def _bomb(path: Path) -> None:
+    """A small .nii.gz whose header claims 1024**3 voxels (its data would decompress to 4 GB)."""
+    nifti = nib.Nifti1Image(np.zeros((8, 8, 8), np.float32), AFFINE)
+    nifti.header.set_data_shape((1024, 1024, 1024))
+    path.write_bytes(gzip.compress(nifti.header.binaryblock + b"\0" * 4 + b"\0" * 4096))
+
+
 def test_refuses_images_that_cannot_be_a_brain(tmp_path):
-    """A sagittal plane, a 2000 mm field of view, a 3 mm one: refused before any work, the file named."""
-    img, _ = generate_subject(0, SUBJECT)
+    """Valid files that cannot be a brain image: all refused before any work, each file named with its cause."""
+    img, seg = generate_subject(0, SUBJECT)
     sagittal = np.array([[0, 0, 1.0, 0], [1.0, 0, 0, 0], [0, 1.0, 0, 0], [0, 0, 0, 1]])
+    header = nib.Nifti1Image(img, AFFINE).header.copy()
+    header["srow_x"] = [np.nan, 0, 0, 0]  # MONAI's reader would silently fall back to another affine
+    nan_sform = nib.Nifti1Image(img, None, header=header)
     cases = {
-        "sagittal": (img, sagittal, "sagittal slice"),
-        "huge": (np.pad(img, ((920, 920), (904, 904))), AFFINE, "a brain image covers"),
-        "tiny": (img[80:83, 90:93], AFFINE, "a brain image covers"),
+        "sagittal": (nib.Nifti1Image(img, sagittal), "sagittal slice"),
+        "2000 mm field of view": (
+            nib.Nifti1Image(np.pad(img, ((920, 920), (904, 904))), AFFINE),
+            "a brain image covers",
+        ),
+        "3x3 pixels": (nib.Nifti1Image(np.ascontiguousarray(img[80:83, 90:93]), AFFINE), "only 9 distinct intensities"),
+        "1x192 pixels": (nib.Nifti1Image(np.ascontiguousarray(img[80:81]), AFFINE), "a brain image covers"),
+        "binary mask": (nib.Nifti1Image((img > 0.3).astype(np.float32), AFFINE), "only 2 distinct intensities"),
+        "label map as the image": (nib.Nifti1Image(seg.astype(np.float32), AFFINE), "only 5 distinct intensities"),
+        "complex values": (nib.Nifti1Image(img.astype(np.complex64) * (1 + 1j), AFFINE), "complex values"),
+        "NaN in the sform": (nan_sform, "NaN or infinite"),
     }
-    for name, (arr, affine, phrase) in cases.items():
-        (tmp_path / name).mkdir()
-        path = tmp_path / name / "T1.nii.gz"
-        nib.save(nib.Nifti1Image(np.ascontiguousarray(arr, np.float32), affine), str(path))
-        proc = run_bundle(
-            "run",
-            "inference",
-            "--config_file",
-            "configs/inference.json",
-            "--datalist",
-            json.dumps([str(path)]),
-            "--output_dir",
-            str(tmp_path / name / "out"),
-            "--dataset_dir",
-            str(path.parent),
-            check=False,
-        )
-        message = proc.stdout + proc.stderr
-        assert proc.returncode != 0 and phrase in message and str(path) in message, (name, message[-3000:])
-        assert not list((tmp_path / name).glob("out/**/*.nii.gz"))
+    files = {}
+    for i, (case, nifti) in enumerate(cases.items()):
+        (tmp_path / f"case{i}").mkdir()
+        files[case] = tmp_path / f"case{i}" / "T1.nii.gz"
+        nib.save(nifti[0], str(files[case]))
+    (tmp_path / "bomb").mkdir()
+    files["decompression bomb"] = tmp_path / "bomb" / "T1.nii.gz"
+    _bomb(files["decompression bomb"])
+    phrases = {**{case: phrase for case, (_, phrase) in cases.items()}, "decompression bomb": "voxels"}
+    proc = run_bundle(
+        "run",
+        "inference",
+        "--config_file",
+        "configs/inference.json",
+        "--datalist",
+        json.dumps([str(f) for f in files.values()]),
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--dataset_dir",
+        str(tmp_path),
+        check=False,
+    )
+    log = (proc.stdout + proc.stderr).splitlines()
+    assert proc.returncode != 0
+    assert any(f"{len(files)} of {len(files)} inputs cannot be segmented" in line for line in log), log[-40:]
+    for case, path in files.items():
+        assert any(str(path) in line and phrases[case] in line for line in log), (case, log[-40:])
+    assert not list(tmp_path.glob("out/**/*.nii.gz"))
