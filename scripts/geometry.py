@@ -126,7 +126,7 @@ class ResampleToSpacing(Zoom):
     """
 
     def __init__(
-        self, pixdim: float | Sequence[float] = 1.0, label: bool = False, min_fov: float = 32.0, max_fov: float = 512.0
+        self, pixdim: float | Sequence[float] = 1.0, label: bool = False, min_fov: float = 16.0, max_fov: float = 512.0
     ) -> None:
         super().__init__(zoom=1.0, keep_size=False)
         self.pixdim = pixdim
@@ -209,7 +209,7 @@ class ResampleToSpacingd(_InvertibleMapd):
         keys: KeysCollection,
         pixdim: float | Sequence[float] = 1.0,
         label_keys: KeysCollection = ("label",),
-        min_fov: float = 32.0,
+        min_fov: float = 16.0,
         max_fov: float = 512.0,
         allow_missing_keys: bool = False,
     ) -> None:

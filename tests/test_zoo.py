@@ -85,7 +85,7 @@ def test_shipped_logits_lie_in_the_stated_value_range(tiny_dataset):
     low, high = json.loads((REPO_ROOT / META).read_text())["network_data_format"]["outputs"]["pred"]["value_range"]
     dataset_dir, _ = tiny_dataset
     image = nib.load(sorted(dataset_dir.glob("*/slice_norm.nii.gz"))[0])
-    raw = torch.as_tensor(image.get_fdata()[None], dtype=torch.float32)
+    raw = torch.as_tensor(image.get_fdata()[None, ..., 0], dtype=torch.float32)  # a 160x192x1 neurite-oasis slice
     normalized = torch.as_tensor(NormalizeBrainIntensityd("image")({"image": raw})["image"])
     padded = torch.nn.functional.pad(normalized, (0, 0, 16, 16))[None]  # 160x192 -> 192x192, as the configs pad
     net = config_metaseg()
