@@ -36,8 +36,8 @@ GENERATOR_NAME = "metaseg-demo-data"
 # 1.1: 3D labels corrected outside the 2D band; 2.0: neurite-oasis intensity convention (FreeSurfer norm/255), non-brain
 # rim, age-dependent atrophy, asymmetry, and a ``test_shifted`` split; 2.1: 3D deformation and bias fields evaluated
 # separably (3x faster; equal to 2.0 up to rounding, the same arrays in every subject checked but not guaranteed), 2D
-# subjects unchanged bit for bit; 2.2: 2D slices stored as neurite-oasis stores them (160x192x1, identity affine, readable
-# by ITK), the same arrays
+# subjects unchanged bit for bit; 2.2: 2D slices stored as neurite-oasis stores them (160x192x1, identity affine,
+# readable by ITK), the same arrays
 GENERATOR_VERSION = "2.2"
 MANIFEST_NAME = "demo_manifest.json"
 SPLITS_NAME = {2: "demo_splits.json", 3: "demo_splits_3d.json"}
