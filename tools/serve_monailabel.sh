@@ -14,13 +14,20 @@
 #
 # The server runs with MONAI Label's own environment: $METASEG_MONAILABEL_PYTHON when set, otherwise
 # .venv-monailabel, built or reused by .ci/monailabel_env.sh (pinned by requirements-monailabel.txt).
+#
+# Its REST API is wrapped by tools/monailabel_guard.py (copied into the app): requests from other web pages (an
+# Origin other than http://127.0.0.1:PORT and http://localhost:PORT, or than the comma-separated list in
+# METASEG_MONAILABEL_CORS_ORIGINS when set), image ids or label tags that are paths, bodies over
+# METASEG_MONAILABEL_MAX_UPLOAD_MB (128) MiB, images over METASEG_MONAILABEL_MAX_VOXELS (2**25) voxels and files
+# that are not NIfTI get a 4xx with a message; the studies' images are never replaced or deleted; /infer reads
+# datastore images only and returns the label with the input's shape and affine.
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 bundle_name=metaseg_brain_mri_segmentation  # the model id served by MONAI Label (the Model Zoo package's name)
 marker=.metaseg-monailabel
 
-usage() { sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,23p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 die() {
     echo "serve_monailabel: $*" >&2
     exit 2
@@ -109,6 +116,8 @@ cp "$root"/configs/*.json "$root"/configs/*.conf "$bundle/configs/"
 (cd "$root" && find scripts -name '*.py' -exec cp --parents {} "$bundle/" \;)
 cp "$root/models/model.pt" "$bundle/models/"
 cp "$root/LICENSE" "$bundle/"
+# the checks around MONAI Label's REST API (origins, ids, upload sizes, datastore-only inference, the label's grid)
+cp "$root/tools/monailabel_guard.py" "$app/metaseg_guard.py"
 
 # the studies copy: images are copied, not linked (MONAI Label resolves links, so deleting or re-uploading an image
 # through its REST API would reach the original file); labels/ and the datastore index stay
@@ -120,6 +129,11 @@ done
 
 echo "MetaSeg in MONAI Label: http://127.0.0.1:$port/ (${#names[@]} images from $studies; app, studies copy and labels in $workdir; Ctrl-C stops it)"
 cd "$workdir"
-exec env -u PYTHONPATH -u VIRTUAL_ENV MONAI_LABEL_SESSION_PATH="$workdir/sessions" \
+# MONAI Label's own settings: sessions (uploads outside the datastore, archives unpacked) are off, the datastore
+# holds NIfTI only. Its CORS setting stops 0.8.5 at start-up, so the guard sets the origins (METASEG_MONAILABEL_*).
+exec env -u PYTHONPATH -u VIRTUAL_ENV -u MONAI_LABEL_CORS_ORIGINS PYTHONPATH="$app" \
+    MONAI_LABEL_SESSION_PATH="$workdir/sessions" MONAI_LABEL_SESSIONS=false \
+    MONAI_LABEL_DATASTORE_FILE_EXT='["*.nii.gz","*.nii"]' \
     "$ml_python" -m monailabel.main start_server --app "$app" --studies "$view" --host 127.0.0.1 --port "$port" \
-    --conf models "$bundle_name" --conf zoo_source local --conf sam2 false --conf skip_trainers true
+    --conf models "$bundle_name" --conf zoo_source local --conf sam2 false --conf skip_trainers true \
+    --uvicorn_app metaseg_guard:app
