@@ -292,6 +292,10 @@ class NormalizeBrainIntensity(Transform):
             meta = getattr(img, "meta", None) or {}
             source = str(meta.get(ImageMetaKey.FILENAME_OR_OBJ, "<image>"))
         x = convert_to_tensor(img, track_meta=False).float()
+        if x.numel() and torch.isfinite(x).all():
+            # a constant offset would reach the statistics through the smoothing's zero padding at the image edges:
+            # start from the darkest level (0.1th percentile), which moves with any offset, so nothing else can
+            x = x - _quantile(x.flatten(), 0.001)
         if self.bias_sigma > 0:
             x = correct_bias_field(x, self.bias_sigma, self.smooth_sigma, self.min_brain_fraction, source)
         if self.contrast_percentile is None:

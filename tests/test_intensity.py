@@ -42,7 +42,8 @@ def test_otsu_splits_two_levels():
 
 
 @pytest.mark.parametrize(
-    "scale, offset", [(0.5, 0.0), (2.0, 0.0), (1.0, 0.1), (255.0 * 9.3, 64.0), (1e-3, 0.0), (1.0, -0.2)]
+    "scale, offset",
+    [(0.5, 0.0), (2.0, 0.0), (1.0, 0.1), (255.0 * 9.3, 64.0), (1e-3, 0.0), (1.0, -0.2), (1.0, 10.0), (1.0, -50.0)],
 )
 def test_invariant_to_scale_and_offset(slice_and_labels, scale, offset):
     img, _ = slice_and_labels
@@ -89,7 +90,7 @@ def test_contrast_standardization_undoes_a_gamma(slice_and_labels, gamma):
             assert max(moved) > 0.05, moved  # the test image is sensitive: the linear map does move
 
 
-@pytest.mark.parametrize("scale, offset", [(0.5, 0.0), (255.0 * 9.3, 64.0), (1.0, 0.1)])
+@pytest.mark.parametrize("scale, offset", [(0.5, 0.0), (255.0 * 9.3, 64.0), (1.0, 0.1), (1.0, 4.0)])
 def test_contrast_standardization_invariant_to_scale_and_offset(slice_and_labels, scale, offset):
     img, _ = slice_and_labels
     norm = _contrast_map()
@@ -107,10 +108,7 @@ def test_contrast_value_is_the_training_subjects_mean():
         if args.get("bias_sigma", 0.0) > 0:
             img = correct_bias_field(img, args["bias_sigma"])
         background, low, reference = brain_contrast_landmarks(
-            img,
-            args["percentile"],
-            args["contrast_percentile"],
-            tissue_floor=args.get("tissue_floor", 0.0),
+            img, args["percentile"], args["contrast_percentile"], tissue_floor=args.get("tissue_floor", 0.0)
         )
         ratios.append((low - background) / (reference - background))
     for name in CONFIGS:
@@ -246,8 +244,7 @@ def test_dict_version_keeps_metadata_and_dtype(slice_and_labels, kwargs):
 
 
 @pytest.mark.parametrize(
-    "case, message",
-    [("zeros", "no brain found"), ("one_voxel", "no brain found"), ("few_voxels", "no brain found")],
+    "case, message", [("zeros", "no brain found"), ("one_voxel", "no brain found"), ("few_voxels", "no brain found")]
 )
 def test_no_brain_is_a_clear_error(case, message):
     x = torch.zeros(1, 64, 64)
@@ -297,18 +294,23 @@ def test_inference_labels_do_not_depend_on_intensity_scale(tmp_path, slice_and_l
     """End to end through ``run inference``: a neurite-oasis slice and a rescaled, offset copy give the same labels."""
     img, _ = slice_and_labels
     arr = img[0].numpy()
-    for name, values in {"norm": arr, "scanner": arr * 2378.0 + 41.0, "half": arr * 0.5 + 0.1}.items():
+    # "offset": ten times the image's range added (the smoothing's zero padding once made it a different image)
+    variants = {
+        "norm": arr,
+        "scanner": arr * 2378.0 + 41.0,
+        "half": arr * 0.5 + 0.1,
+        "offset": arr + 10.0 * np.ptp(arr),
+    }
+    for name, values in variants.items():
         (tmp_path / name).mkdir()
         _write(tmp_path / name / "slice_norm.nii.gz", values, np.float32)
     ckpt = tmp_path / "models"
     save_tiny_metaseg(ckpt)
-    datalist = [tmp_path / n / "slice_norm.nii.gz" for n in ("norm", "scanner", "half")]
+    datalist = [tmp_path / n / "slice_norm.nii.gz" for n in variants]
     out = tmp_path / "out"
     run_inference_on_files(datalist, out, ckpt, "--fit_steps", "3")
-    segs = {
-        n: np.asarray(nib.load(str(out / n / "slice_norm_seg.nii.gz")).dataobj) for n in ("norm", "scanner", "half")
-    }
-    for name in ("scanner", "half"):
+    segs = {n: np.asarray(nib.load(str(out / n / "slice_norm_seg.nii.gz")).dataobj) for n in variants}
+    for name in ("scanner", "half", "offset"):
         assert np.mean(segs[name] == segs["norm"]) > 0.999, name
 
 
