@@ -212,21 +212,34 @@ class CheckedCheckpointLoader(CheckpointLoader):
 
 
 def check_weights_replaceable(
-    ckpt_dir: str, filenames: Sequence[str], replace: Any = False, resume: Any = False
+    ckpt_dir: str, filenames: Sequence[str], replace: Any = False, resume: Any = False, checkpoints: Sequence[str] = ()
 ) -> None:
     """Refuse to start a training run that would replace weights already in ``ckpt_dir`` (e.g. the shipped
-    ``models/model.pt``) unless asked to: ``replace`` true (``--replace_weights true``), or ``resume`` true (a resumed
-    run continues the run that wrote them).
+    ``models/model.pt``) unless asked to: ``replace`` true (``--replace_weights true``), or ``resume`` true with one of
+    the run's resumable ``checkpoints`` (e.g. ``checkpoint_meta.pt``) in ``ckpt_dir``: the resumed run continues the
+    run that wrote the weights. ``--resume true`` without such a checkpoint would train from scratch, so it is refused
+    like a fresh run.
 
     Raises:
-        FileExistsError: naming the files and the two ways on: another ``--ckpt_dir``, or ``--replace_weights true``.
+        FileExistsError: naming the folder, the files and the ways on: another ``--ckpt_dir``, or
+            ``--replace_weights true``.
     """
-    if as_bool(replace, "replace_weights") or as_bool(resume, "resume"):
+    if as_bool(replace, "replace_weights"):
+        return
+    resumable = [name for name in checkpoints if os.path.isfile(os.path.join(ckpt_dir, name))]
+    if as_bool(resume, "resume") and resumable:
         return
     existing = [name for name in filenames if os.path.isfile(os.path.join(ckpt_dir, name))]
     if existing:
+        why = ""
+        if as_bool(resume, "resume"):
+            wanted = " or ".join(checkpoints) if checkpoints else "a checkpoint"
+            why = (
+                f"--resume true found no checkpoint of an interrupted run to resume ({wanted}) in {ckpt_dir}, so this "
+                "run would train from scratch. "
+            )
         raise FileExistsError(
-            f"ckpt_dir {ckpt_dir} already holds {', '.join(existing)}, which this training run would replace. "
+            f"{why}ckpt_dir {ckpt_dir} already holds {', '.join(existing)}, which this training run would replace. "
             "Train into another folder with --ckpt_dir DIR (then copy DIR/<file> where you want it), or pass "
             "--replace_weights true to replace them."
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -12,7 +13,7 @@ from typing import Any
 import torch
 from monai.data import MetaTensor
 from monai.inferers import Inferer
-from monai.utils import convert_to_dst_type, convert_to_tensor
+from monai.utils import ImageMetaKey, convert_to_dst_type, convert_to_tensor
 from torch.nn import functional as F
 
 from .fitting import (
@@ -27,9 +28,13 @@ from .fitting import (
     unflatten_points,
 )
 from .network import TRUNK_PREFIXES, MetaSegINR
+from .options import as_bool, check_option
 from .resolution import check_scale, scale_affine, scaled_coordinate_grid
 
-__all__ = ["FitResult", "MetaSegInferer", "native_bf16"]
+__all__ = ["FitResult", "FitDivergedError", "MetaSegInferer", "native_bf16"]
+
+# a fit whose last step's loss is more than this many times its first step's has diverged (a sane fit lowers it)
+DIVERGENCE_FACTOR = 10.0
 
 
 def native_bf16(device: torch.device) -> bool:
@@ -49,6 +54,29 @@ def _bf16_mode(name: str, value: bool | str) -> bool | str:
     if not (isinstance(value, bool) or value == "auto"):
         raise ValueError(f"{name} must be true, false or 'auto', got {value!r}.")
     return value
+
+
+class FitDivergedError(ValueError):
+    """A test-time fit whose loss or weights became NaN or infinite, or whose loss rose more than
+    ``DIVERGENCE_FACTOR``-fold: ``causes`` maps an image's index in the batch to what happened."""
+
+    def __init__(self, causes: dict[int, str], names: Sequence[str] | None = None) -> None:
+        self.causes = dict(causes)
+        names = list(names) if names is not None else []
+        lines = [
+            f"{names[i] if i < len(names) else f'image {i} of the batch'}: the test-time fit failed: {cause}; no label "
+            "is written for it."
+            for i, cause in sorted(self.causes.items())
+        ]
+        super().__init__("\n".join(lines))
+
+
+def _file_names(inputs: torch.Tensor) -> list[str]:
+    """The source file of each image of a batch (``MetaTensor`` metadata), or none."""
+    names = getattr(inputs, "meta", {}).get(ImageMetaKey.FILENAME_OR_OBJ) if isinstance(inputs, MetaTensor) else None
+    if names is None:
+        return []
+    return [str(n) for n in names] if isinstance(names, (list, tuple)) else [str(names)] * int(inputs.shape[0])
 
 
 @dataclass
@@ -122,24 +150,19 @@ class MetaSegInferer(Inferer):
         fit_lr_end_factor: float = 0.1,
     ) -> None:
         super().__init__()
-        if fit_steps < 0:
-            raise ValueError(f"fit_steps must be >= 0, got {fit_steps}.")
-        if fit_lr <= 0:
-            raise ValueError(f"fit_lr must be > 0, got {fit_lr}.")
-        if not 0.0 <= fit_lr_end_factor <= 1.0:
-            raise ValueError(f"fit_lr_end_factor must be in [0, 1] (1: a constant rate), got {fit_lr_end_factor}.")
-        self.fit_steps = int(fit_steps)
-        self.fit_lr = float(fit_lr)
-        self.fit_lr_end_factor = float(fit_lr_end_factor)
+        # every numeric option against its bounds (scripts/options.py), naming the option and its range
+        self.fit_steps = check_option("fit_steps", fit_steps)
+        self.fit_lr = check_option("fit_lr", fit_lr)
+        self.fit_lr_end_factor = check_option("fit_lr_end_factor", fit_lr_end_factor)
         self.betas = (float(betas[0]), float(betas[1]))
-        self.fit_points = fit_points
-        self.seed = int(seed)
-        self.decode_chunk = decode_chunk
+        self.fit_points = check_option("fit_points", fit_points)
+        self.seed = check_option("seed", seed)
+        self.decode_chunk = check_option("decode_chunk", decode_chunk)
         self.head_bf16 = _bf16_mode("head_bf16", head_bf16)
         self.fit_bf16 = _bf16_mode("fit_bf16", fit_bf16)
-        self.output_scale = check_scale(output_scale)
-        self.skip_background = bool(skip_background)
-        self.grid_head = bool(grid_head)
+        self.output_scale = check_scale(check_option("output_scale", output_scale))
+        self.skip_background = as_bool(skip_background, "skip_background")
+        self.grid_head = as_bool(grid_head, "grid_head")
 
     def uses_bf16(self, device: torch.device, part: str = "head") -> bool:
         """Whether the ``part`` (``"head"`` or ``"fit"``) runs in bfloat16 on ``device`` (``"auto"`` resolved)."""
@@ -219,10 +242,18 @@ class MetaSegInferer(Inferer):
         if target.shape[0] > 1 and target.device.type == "cpu" and on_step is None:
             # a CPU fits a batch fastest one image after another: plain matmuls, no per-step concatenation (measured:
             # docs/benchmarks.md). Every image's pixel subsets come from the same seed, as in a batched fit.
-            fits = [self._fit_batch(coords[i : i + 1], target[i : i + 1], net, steps) for i in range(target.shape[0])]
+            fits = []
+            for i in range(target.shape[0]):
+                try:
+                    fits.append(self._fit_batch(coords[i : i + 1], target[i : i + 1], net, steps))
+                except FitDivergedError as e:
+                    raise FitDivergedError({i + k: c for k, c in e.causes.items()}, _file_names(inputs)) from None
             params = {k: torch.cat([f[k] for f in fits]) for k in fits[0]}
         else:
-            params = self._fit_batch(coords, target, net, steps, on_step)
+            try:
+                params = self._fit_batch(coords, target, net, steps, on_step)
+            except FitDivergedError as e:
+                raise FitDivergedError(e.causes, _file_names(inputs)) from None
         mask = target[..., 0] != 0 if self.skip_background else None
         return FitResult(params, coords, tuple(int(s) for s in inputs.shape[2:]), mask)
 
@@ -246,12 +277,18 @@ class MetaSegInferer(Inferer):
 
             generator = torch.Generator(device=target.device).manual_seed(self.seed)
 
+            losses: dict[str, torch.Tensor] = {}  # per-image losses [B] of the first and the last step
+
             def reconstruction_loss(p: dict[str, torch.Tensor]) -> torch.Tensor:
                 # one subset shared by the batch: an image's fit does not depend on what it is batched with
                 index = sample_points(coords.shape[1], self.fit_points, 1, target.device, generator)
                 index = None if index is None else index.expand(coords.shape[0], -1)
                 intensity, _, _ = net.functional_forward(gather_points(coords, index), p, with_logits=False)
-                return F.mse_loss(intensity, gather_points(target, index))
+                expected = gather_points(target, index)
+                with torch.no_grad():
+                    losses["last"] = (intensity - expected).square().flatten(1).mean(1)
+                    losses.setdefault("first", losses["last"])
+                return F.mse_loss(intensity, expected)
 
             lr = net.fit_lr(self.fit_lr)  # learned factors are detached by adam_fit: no graph without create_graph
             with self._fit_precision(target.device):
@@ -265,7 +302,36 @@ class MetaSegInferer(Inferer):
                     on_step=on_step,
                     lr_end_factor=self.fit_lr_end_factor,
                 )
-        return {k: v.detach() for k, v in params.items()}
+        params = {k: v.detach() for k, v in params.items()}
+        causes = self._divergence(params, losses)
+        if causes:
+            raise FitDivergedError(causes)
+        return params
+
+    def _divergence(self, params: dict[str, torch.Tensor], losses: dict[str, torch.Tensor]) -> dict[int, str]:
+        """What went wrong with each image's fit, by index in the batch: weights or loss NaN or infinite, or a last
+        step's loss more than ``DIVERGENCE_FACTOR`` times the first step's (one device sync per fit)."""
+        batch = next(iter(params.values())).shape[0]
+        finite = torch.stack([v.reshape(batch, -1).isfinite().all(1) for v in params.values()]).all(0)
+        first = losses.get("first", finite.new_zeros(batch, dtype=torch.float32)).tolist()
+        last = losses.get("last", finite.new_zeros(batch, dtype=torch.float32)).tolist()
+        causes = {}
+        for i, (ok, a, b) in enumerate(zip(finite.tolist(), first, last)):
+            if not math.isfinite(a) or ("first" not in losses and not ok):
+                causes[i] = "the network's weights (or the image) hold NaN or infinite values" + (
+                    f" (loss {a} at the first step)" if "first" in losses else ""
+                )
+            elif not (ok and math.isfinite(b)):
+                causes[i] = (
+                    f"it diverged: its loss or fitted weights became NaN or infinite (loss {a:.4g} at the first step; "
+                    f"--fit_lr {self.fit_lr:g} is too high for these weights)"
+                )
+            elif b > DIVERGENCE_FACTOR * max(a, 1e-12):
+                causes[i] = (
+                    f"it diverged: its loss rose from {a:.4g} to {b:.4g} (more than {DIVERGENCE_FACTOR:g}-fold; "
+                    f"--fit_lr {self.fit_lr:g} is too high for these weights)"
+                )
+        return causes
 
     @contextlib.contextmanager
     def _fit_precision(self, device: torch.device) -> Iterator[None]:

@@ -20,6 +20,7 @@ from monai.data import NibabelWriter
 from monai.data.folder_layout import FolderLayoutBase
 from monai.handlers import MetricsSaver
 
+from .options import as_bool
 from .transforms import SQUEEZED_AXES_KEY
 
 __all__ = [
@@ -31,10 +32,18 @@ __all__ = [
     "check_writable_dir",
     "atomic_path",
     "remove_stale_temp_files",
+    "OverwriteGuard",
 ]
 
-# hidden temporary files: ".<final name>.tmp<pid>.<random><suffix>", so a later run can tell a dead writer's leftovers
-_TEMP_NAME = re.compile(r"^\..+\.tmp(?P<pid>\d+)\.[^/]*$")
+# the bundle's hidden temporary files and folders: ".metaseg-tmp<pid>.<final name>.<random><suffix>", a name no
+# other program uses, so that a later run can tell a dead writer's leftovers from anything else in the folder
+TEMP_PREFIX = ".metaseg-tmp"
+_TEMP_NAME = re.compile(rf"^{re.escape(TEMP_PREFIX)}(?P<pid>\d+)\.[^/]+$")
+
+
+def _temp_prefix(name: str) -> str:
+    """The prefix of this process's temporary files for the final file ``name``."""
+    return f"{TEMP_PREFIX}{os.getpid()}.{name}."
 
 
 def _umask() -> int:
@@ -54,7 +63,7 @@ def atomic_path(path: str | Path, suffix: str = "") -> Iterator[str]:
     path = str(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.tmp{os.getpid()}.", suffix=suffix)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=_temp_prefix(os.path.basename(path)), suffix=suffix)
     os.close(fd)
     try:
         os.chmod(tmp, 0o666 & ~_umask())
@@ -76,22 +85,29 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def remove_stale_temp_files(folder: str | Path) -> list[str]:
-    """Remove the temporary files that killed runs of this bundle left under ``folder`` (those of live processes,
-    e.g. a concurrent run into the same folder, are kept); returns the removed paths."""
+def remove_stale_temp_files(folders: str | Path | Sequence[str | Path]) -> list[str]:
+    """Remove the temporary files (and the metric writer's temporary folders) that killed runs of this bundle left in
+    ``folders`` (one or several: those a run writes into), not in their subfolders; those of live processes (e.g. a
+    concurrent run into the same folder) are kept. Only the bundle's own temporary names (``.metaseg-tmp<pid>.*``, see
+    :func:`atomic_path`) are touched. Returns the removed paths."""
     removed = []
-    if not os.path.isdir(folder):
-        return removed
-    for root, _, files in os.walk(folder):
-        for name in files:
+    folders = [folders] if isinstance(folders, (str, Path)) else folders
+    for root in dict.fromkeys(os.path.abspath(str(f)) for f in folders):
+        if not os.path.isdir(root):
+            continue
+        for name in sorted(os.listdir(root)):
             match = _TEMP_NAME.match(name)
-            if match and not _pid_alive(int(match["pid"])):
-                path = os.path.join(root, name)
-                try:
+            if not match or _pid_alive(int(match["pid"])):
+                continue
+            path = os.path.join(root, name)
+            try:
+                if os.path.isdir(path) and not os.path.islink(path):
+                    shutil.rmtree(path)
+                else:
                     os.remove(path)
-                    removed.append(path)
-                except FileNotFoundError:
-                    pass
+                removed.append(path)
+            except FileNotFoundError:
+                pass
     return removed
 
 
@@ -273,7 +289,7 @@ class AtomicMetricsSaver(MetricsSaver):
     def __call__(self, engine: Any) -> None:
         final_dir = self.save_dir
         os.makedirs(final_dir, exist_ok=True)
-        tmp_dir = tempfile.mkdtemp(dir=final_dir, prefix=".metrics.")
+        tmp_dir = tempfile.mkdtemp(dir=final_dir, prefix=_temp_prefix("metrics"))
         try:
             self.save_dir = tmp_dir
             super().__call__(engine)
@@ -298,3 +314,61 @@ def check_writable_dir(path: str, what: str = "output_dir") -> str:
     except OSError as e:
         raise PermissionError(f"{what} is not writable: {path} ({type(e).__name__}: {e.strerror or e}).") from e
     return path
+
+
+class OverwriteGuard:
+    """Refuse, before any work, a run that would replace or remove a file it did not create (``--overwrite``).
+
+    A workflow's outputs (label maps named after its inputs, ``failures.csv``) may already exist in the output
+    folder: a user's own files (manual labels are often named ``T1_seg.nii.gz``) or an earlier run's. Unless
+    ``overwrite`` is true, :meth:`check_outputs` and :meth:`check_files` raise a ``FileExistsError`` naming the
+    existing files and ``--overwrite true``. Files under ``own_dir`` (the bundle's own output folder, ``eval/``, which
+    only the bundle writes to) are the bundle's earlier outputs and may be replaced.
+
+    Args:
+        overwrite: replace existing outputs (``true``/``false`` from the command line).
+        own_dir: the bundle's own output folder, whose files may be replaced (``None``: none).
+    """
+
+    def __init__(self, overwrite: Any = False, own_dir: str | None = None) -> None:
+        self.overwrite = as_bool(overwrite, "overwrite")
+        self.own_dir = os.path.realpath(str(own_dir)) if own_dir else None
+
+    def replaceable(self, path: str) -> bool:
+        """Whether ``path`` may be replaced: ``overwrite`` is on, or it lies in ``own_dir``."""
+        if self.overwrite:
+            return True
+        if self.own_dir is None:
+            return False
+        real = os.path.realpath(os.path.dirname(os.path.abspath(str(path))))
+        return os.path.commonpath([real, self.own_dir]) == self.own_dir
+
+    def check_files(self, paths: Sequence[str], folder: str | None = None) -> list[str]:
+        """``paths`` (the files the run will write or remove; relative ones in ``folder``), after checking that none
+        of them exists unless it may be replaced.
+
+        Raises:
+            FileExistsError: naming the existing files, ``--overwrite true`` and ``--output_dir``.
+        """
+        paths = [os.path.join(folder, str(p)) if folder else str(p) for p in paths]
+        existing = [p for p in dict.fromkeys(paths) if os.path.lexists(p) and not self.replaceable(p)]
+        if existing:
+            shown = ", ".join(existing[:20]) + (f" and {len(existing) - 20} more" if len(existing) > 20 else "")
+            raise FileExistsError(
+                f"{len(existing)} file(s) that this run would write already exist and were not written by it: "
+                f"{shown}. Nothing was written. Pass --overwrite true to replace them, or write the outputs elsewhere "
+                "with --output_dir."
+            )
+        return paths
+
+    def check_outputs(
+        self,
+        items: Sequence[str | Mapping[str, Any]],
+        layouts: Sequence[SubjectFolderLayout],
+        files: Sequence[str] = (),
+        image_key: str = "image",
+    ) -> list[str]:
+        """The output paths of ``layouts`` for the input images ``items`` (paths or datalist entries) and ``files``,
+        checked with :meth:`check_files` (call after :meth:`OutputParentLevels.set_inputs`, which fixes the names)."""
+        images = [str(d[image_key]) if isinstance(d, Mapping) else str(d) for d in items]
+        return self.check_files([layout.path_for(image) for layout in layouts for image in images] + list(files))

@@ -170,17 +170,36 @@ def test_atomic_files_get_the_umask_permissions(tmp_path, umask):
 
 
 def test_stale_temp_files_of_dead_writers_are_removed(tmp_path):
-    """A kill -9 leaves ``.<name>.tmp<pid>.*``; the next run removes those of dead processes, not a live one's."""
+    """A kill -9 leaves ``.metaseg-tmp<pid>.<name>.*``; the next run removes those of dead processes in the folders it
+    writes, not a live one's, not anything else (a user's backup named like ``.<name>.tmp<digits>.<x>`` was deleted
+    before), and not in other folders."""
     sub = tmp_path / "OASIS_OAS1_0001_MR1"
-    sub.mkdir()
-    dead = sub / ".slice_norm_seg.nii.gz.tmp999999999.x1y2.nii.gz"
-    live = sub / f".slice_norm_seg.nii.gz.tmp{os.getpid()}.a9b8.nii.gz"
+    (sub / "deeper").mkdir(parents=True)
+    dead = sub / ".metaseg-tmp999999999.slice_norm_seg.nii.gz.x1y2.nii.gz"
+    dead_dir = sub / ".metaseg-tmp999999999.metrics.k3j4"  # the metric writer's temporary folder
+    live = sub / f".metaseg-tmp{os.getpid()}.slice_norm_seg.nii.gz.a9b8.nii.gz"
+    backup = sub / ".thesis.tex.tmp999999999.bak"  # a user's file that merely looks like a temporary one
+    deeper = sub / "deeper" / ".metaseg-tmp999999999.slice_norm_seg.nii.gz.zz.nii.gz"  # not a folder this run writes
     other = sub / ".hidden_user_file.nii.gz"
-    for path in (dead, live, other):
+    dead_dir.mkdir()
+    (dead_dir / "metrics.csv").write_text("partial")
+    for path in (dead, live, backup, deeper, other):
         path.write_bytes(b"partial")
-    assert remove_stale_temp_files(tmp_path) == [str(dead)]
-    assert not dead.exists() and live.exists() and other.exists()
+    assert remove_stale_temp_files(tmp_path) == []  # only the folders named, not their subfolders
+    assert sorted(remove_stale_temp_files([sub])) == sorted([str(dead), str(dead_dir)])
+    assert not dead.exists() and not dead_dir.exists()
+    assert live.exists() and backup.exists() and deeper.exists() and other.exists()
     assert remove_stale_temp_files(tmp_path / "missing") == []
+
+
+def test_atomic_temp_names_are_the_bundles_own(tmp_path):
+    """The temporary name of an atomic write carries the ``.metaseg-tmp<pid>.`` prefix that the clean-up looks for."""
+    from scripts.outputs import atomic_path
+
+    with atomic_path(tmp_path / "seg.nii.gz", suffix=".nii.gz") as tmp:
+        assert os.path.basename(tmp).startswith(f".metaseg-tmp{os.getpid()}.seg.nii.gz.")
+        Path(tmp).write_bytes(b"x")
+    assert _files(tmp_path) == ["seg.nii.gz"]
 
 
 def test_inference_cleans_a_killed_runs_temp_files_and_keeps_umask(tmp_path):
@@ -194,8 +213,10 @@ def test_inference_cleans_a_killed_runs_temp_files_and_keeps_umask(tmp_path):
     nib.save(nib.Nifti1Image(img.astype(np.float32), np.eye(4)), str(tmp_path / "in" / "sub01" / "slice_norm.nii.gz"))
     out = tmp_path / "out"
     (out / "sub01").mkdir(parents=True)
-    stale = out / "sub01" / ".slice_norm_seg.nii.gz.tmp999999999.abcd.nii.gz"
+    stale = out / "sub01" / ".metaseg-tmp999999999.slice_norm_seg.nii.gz.abcd.nii.gz"
     stale.write_bytes(b"partial")
+    backup = out / "sub01" / ".slice_norm_seg.nii.gz.tmp999999999.bak"  # a user's file: kept
+    backup.write_bytes(b"mine")
     ckpt = tmp_path / "models"
     save_tiny_metaseg(ckpt)
     old = os.umask(0o022)
@@ -203,7 +224,7 @@ def test_inference_cleans_a_killed_runs_temp_files_and_keeps_umask(tmp_path):
         run_inference_on_files([tmp_path / "in" / "sub01" / "slice_norm.nii.gz"], out, ckpt, "--fit_steps", "2")
     finally:
         os.umask(old)
-    assert not stale.exists()
+    assert not stale.exists() and backup.read_bytes() == b"mine"
     seg = out / "sub01" / "slice_norm_seg.nii.gz"
     assert stat.S_IMODE(seg.stat().st_mode) == 0o644
-    assert sorted(p.name for p in (out / "sub01").iterdir()) == ["slice_norm_seg.nii.gz"]
+    assert sorted(p.name for p in (out / "sub01").iterdir()) == [backup.name, "slice_norm_seg.nii.gz"]

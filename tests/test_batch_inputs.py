@@ -67,6 +67,14 @@ def test_a_clean_batch_leaves_no_failures_list(batch, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "failures.csv").write_text("image,error\nold,run\n")  # from an earlier run into the same folder
-    run_inference_on_files([files[0], files[1]], out, ckpt, "--fit_steps", "2", "--skip_failed", "true")
+    # not written by this run: kept, and the run refused before any work, unless --overwrite true
+    proc = run_inference_on_files(
+        [files[0], files[1]], out, ckpt, "--fit_steps", "2", "--skip_failed", "true", check=False
+    )
+    assert proc.returncode != 0 and str(out / "failures.csv") in proc.stderr and "--overwrite true" in proc.stderr
+    assert (out / "failures.csv").read_text() == "image,error\nold,run\n" and _outputs(out) == []
+    run_inference_on_files(
+        [files[0], files[1]], out, ckpt, "--fit_steps", "2", "--skip_failed", "true", "--overwrite", "true"
+    )
     assert not (out / "failures.csv").exists()
     assert _outputs(out) == ["sub01/slice_norm_seg.nii.gz", "sub02/slice_norm_seg.nii.gz"]

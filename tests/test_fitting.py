@@ -382,7 +382,7 @@ def test_cosine_lr_factor_and_the_decayed_fit():
         for f in (1.0, 0.1)
     ]
     assert 0 < moved[1] < moved[0]
-    with pytest.raises(ValueError, match="fit_lr_end_factor must be in"):
+    with pytest.raises(ValueError, match="fit_lr_end_factor must be a finite number >= 0.0 and <= 1.0"):
         MetaSegInferer(fit_lr_end_factor=1.5)
     with pytest.raises(ValueError, match="lr_end_factor must be in"):
         adam_fit(lambda p: p["a"].sum(), {"a": torch.zeros(1, requires_grad=True)}, ["a"], 2, 0.1, lr_end_factor=-0.1)

@@ -174,8 +174,8 @@ REFUSED = {
     "two-channel slice": _two_channel,
     "a text file": _text_file,
     "an output that would overwrite an input": _output_over_an_input,
-    "--output_scale 0": _bad_option("--output_scale", "0", "output_scale must be a positive integer"),
-    "--fit_steps -1": _bad_option("--fit_steps", "-1", "fit_steps must be >= 0"),
+    "--output_scale 0": _bad_option("--output_scale", "0", "--output_scale must be an integer from 1 to 8"),
+    "--fit_steps -1": _bad_option("--fit_steps", "-1", "--fit_steps must be an integer from 0 to 10000"),
 }
 
 
@@ -218,3 +218,42 @@ def test_empty_datalist_is_refused(tmp_path):
     )
     assert proc.returncode != 0 and "the inference datalist is empty" in proc.stderr
     assert _files(tmp_path / "out") == []
+
+
+def _nan_weights(models: Path) -> None:
+    import torch
+
+    save_tiny_metaseg(models)
+    state = torch.load(models / "model.pt", weights_only=True)
+    state["trunk.0.weight"][0, 0] = float("nan")
+    torch.save(state, models / "model.pt")
+
+
+@pytest.mark.parametrize(
+    "case, extra, phrases",
+    [
+        ("NaN in the weights", [], ["the test-time fit failed", "NaN or infinite"]),
+        (
+            "a learning rate that makes the fit diverge",
+            ["--fit_lr", "1.0", "--fit_lr_end_factor", "1.0"],
+            ["the test-time fit failed: it diverged", "--fit_lr 1 is too high"],
+        ),
+    ],
+)
+def test_a_diverging_fit_is_an_error_naming_the_image_and_writes_no_label(tmp_path, case, extra, phrases):
+    """A fit whose loss becomes NaN or infinite or rises more than tenfold gave an all-background label and exit 0;
+    now the run fails, naming the image and the cause, and writes no label for it."""
+    path = tmp_path / "in" / "s1" / "T1.nii.gz"
+    path.parent.mkdir(parents=True)
+    nib.save(nib.Nifti1Image(_image(), AFFINE), str(path))
+    if case == "NaN in the weights":
+        _nan_weights(tmp_path / "models")
+    else:
+        save_tiny_metaseg(tmp_path / "models")
+    out = tmp_path / "out"
+    proc = run_inference_on_files([path], out, tmp_path / "models", "--fit_steps", "2", *extra, check=False)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert all(p in log for p in phrases) and f"{path}: the test-time fit failed" in log, log[-4000:]
+    assert "no label is written for it" in log
+    assert not [p for p in out.rglob("*") if p.is_file()]

@@ -115,3 +115,99 @@ def test_outputs_never_overwrite_a_file_the_run_reads(tmp_path):
         .path_for(str(sub / "T1.NII.GZ"))
         .endswith("s1/T1_seg.nii.gz")
     )
+
+
+def _sha(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_inference_never_overwrites_a_file_it_did_not_write(tmp_path):
+    """``--output_dir`` at the parent of an input's folder: the output ``s1/T1_seg.nii.gz`` would replace the user's
+    manual label of that name (not part of the run). Refused before any work, naming the file and ``--overwrite
+    true``; a re-run into the same folder likewise; ``--overwrite true`` replaces."""
+    image = _write_slice(tmp_path / "in" / "s1" / "T1.nii.gz")
+    manual = tmp_path / "in" / "s1" / "T1_seg.nii.gz"
+    nib.save(nib.Nifti1Image(np.ones((8, 8), np.uint8), np.eye(4)), str(manual))
+    ckpt = tmp_path / "models"
+    save_tiny_metaseg(ckpt)
+    before = {p: _sha(p) for p in (tmp_path / "in").rglob("*") if p.is_file()}
+
+    proc = run_inference_on_files([image], tmp_path / "in", ckpt, "--fit_steps", "2", check=False)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert str(manual) in log and "--overwrite true" in log and "were not written by it" in log, log[-3000:]
+    assert {p: _sha(p) for p in (tmp_path / "in").rglob("*") if p.is_file()} == before  # nothing written or removed
+
+    run_inference_on_files([image], tmp_path / "in", ckpt, "--fit_steps", "2", "--overwrite", "true")
+    assert _sha(manual) != before[manual] and nib.load(str(manual)).shape == nib.load(str(image)).shape  # replaced
+
+
+def test_inference_refuses_to_replace_an_earlier_runs_files_without_overwrite(tmp_path):
+    """Re-running into the same output folder: the earlier run's label and ``failures.csv`` are refused by name (no
+    work done, nothing changed) unless ``--overwrite true``."""
+    image = _write_slice(tmp_path / "in" / "s1" / "T1.nii.gz")
+    ckpt = tmp_path / "models"
+    save_tiny_metaseg(ckpt)
+    out = tmp_path / "out"
+    (out / "s1").mkdir(parents=True)
+    earlier = out / "s1" / "T1_seg.nii.gz"
+    earlier.write_bytes(b"an earlier run's label")
+    report = out / "failures.csv"
+    report.write_text("image,error\n/x.nii.gz,cannot read\n")
+    for existing in (report, earlier):  # failures.csv is checked first (before the inputs are read), then labels
+        proc = run_inference_on_files([image], out, ckpt, "--fit_steps", "2", check=False)
+        log = proc.stdout + proc.stderr
+        assert proc.returncode != 0 and str(existing) in log and "--overwrite true" in log, log[-3000:]
+        assert earlier.read_bytes() == b"an earlier run's label"
+        if existing == report:
+            assert report.read_text().startswith("image,error\n/x.nii.gz")
+            report.unlink()
+    run_inference_on_files([image], out, ckpt, "--fit_steps", "2", "--overwrite", "true")
+    assert nib.load(str(earlier)).shape == nib.load(str(image)).shape
+
+
+def test_overwrite_guard_allows_the_bundles_own_output_folder(tmp_path):
+    """Files under the bundle's own ``eval/`` (the default output folders, which the documented commands re-use) may
+    be replaced; elsewhere only with ``overwrite``; files that do not exist never stop a run."""
+    from scripts.outputs import OverwriteGuard
+
+    own, user = tmp_path / "bundle" / "eval", tmp_path / "user"
+    for folder in (own / "s1", user / "s1"):
+        folder.mkdir(parents=True)
+        (folder / "T1_seg.nii.gz").write_bytes(b"x")
+    layout = SubjectFolderLayout(str(user), parent_levels=1)
+    guard = OverwriteGuard(overwrite="false", own_dir=str(own))
+    assert guard.check_files(["metrics.csv", "s1/T1_seg.nii.gz"], str(own)) == [
+        str(own / "metrics.csv"),
+        str(own / "s1" / "T1_seg.nii.gz"),
+    ]
+    assert guard.check_outputs([str(tmp_path / "in" / "s2" / "T1.nii.gz")], [layout]) == [
+        str(user / "s2/T1_seg.nii.gz")
+    ]
+    with pytest.raises(FileExistsError, match=r"1 file\(s\) .*user/s1/T1_seg.nii.gz.*--overwrite true"):
+        guard.check_outputs([{"image": str(tmp_path / "in" / "s1" / "T1.nii.gz")}], [layout])
+    OverwriteGuard(overwrite=True).check_outputs([str(tmp_path / "in" / "s1" / "T1.nii.gz")], [layout])
+    with pytest.raises(ValueError, match="--overwrite must be true or false"):
+        OverwriteGuard(overwrite="maybe")
+
+
+def test_evaluation_refuses_to_replace_reports_it_did_not_write(tiny_dataset, tmp_path):
+    """``run evaluating`` into a folder holding a ``metrics_summary.json`` it did not write (an earlier evaluation's,
+    outside the bundle's own ``eval/``): refused at start-up, naming the file and ``--overwrite true``."""
+    from tests.utils import data_args, run_bundle
+
+    dataset_dir, splits = tiny_dataset
+    save_tiny_metaseg(tmp_path / "models")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "metrics_summary.json").write_text("{}")
+    proc = run_bundle(
+        "run", "evaluating", "--config_file", "['configs/inference.json','configs/evaluate.json']",
+        *data_args(dataset_dir, splits, tmp_path / "models"), "--output_dir", str(out), "--fit_steps", "1", check=False,
+    )  # fmt: skip
+    log = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and str(out / "metrics_summary.json") in log and "--overwrite true" in log, log[-3000:]
+    assert [p.name for p in out.iterdir()] == ["metrics_summary.json"]
+    assert (out / "metrics_summary.json").read_text() == "{}"

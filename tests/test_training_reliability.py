@@ -212,24 +212,38 @@ def test_resuming_a_finished_stage_keeps_its_time_record(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "config, weights",
-    [("configs/train.json", "model.pt"), ("['configs/train.json','configs/train_unet.json']", "unet.pt")],
+    "run_id, config, weights, extra",
+    [
+        ("training", "configs/train.json", "model.pt", []),
+        ("training", "['configs/train.json','configs/train_unet.json']", "unet.pt", []),
+        # --resume true with no checkpoint of an interrupted run would train from scratch: it replaced model.pt
+        ("training", "configs/train.json", "model.pt", ["--resume", "true"]),
+        ("finetune_head", "configs/train.json", "model.pt", ["--resume", "true"]),
+    ],
 )
-def test_training_never_replaces_weights_by_surprise(tiny_dataset, tmp_path, config, weights):
+def test_training_never_replaces_weights_by_surprise(tiny_dataset, tmp_path, run_id, config, weights, extra):
     """A training run into a folder that holds weights (the default ``models/`` holds the shipped ones) stops before
-    any work, names the file and the ways on, and leaves the folder as it was."""
+    any work, names the folder, the file and the ways on, and leaves the folder as it was; ``--resume true`` counts
+    only with a checkpoint to resume."""
     dataset_dir, splits = tiny_dataset
     models = tmp_path / "models"
     models.mkdir()
     (models / weights).write_bytes(b"the shipped weights")
+    if run_id == "finetune_head":
+        (models / "meta_model.pt").write_bytes(b"meta weights")  # what the head fine-tune starts from
+    before = sorted(p.name for p in models.iterdir())
     paths = ["--dataset_dir", str(dataset_dir), "--splits_file", str(splits), "--ckpt_dir", str(models)]
     proc = run_bundle(
-        "run", "training", "--config_file", config, *paths, "--output_dir", str(tmp_path / "eval"), check=False
+        "run", run_id, "--config_file", config, *paths, "--output_dir", str(tmp_path / "eval"), *extra, check=False
     )
     log = proc.stdout + proc.stderr
     assert proc.returncode != 0
-    assert f"already holds {weights}" in log and "--replace_weights true" in log and "--ckpt_dir" in log
-    assert sorted(p.name for p in models.iterdir()) == [weights]
+    assert f"ckpt_dir {models} already holds {weights}" in log, log[-3000:]
+    assert "--replace_weights true" in log and "--ckpt_dir" in log
+    if extra:
+        assert "--resume true found no checkpoint of an interrupted run" in log
+    assert "Epoch[1]" not in log  # no work done
+    assert sorted(p.name for p in models.iterdir()) == before
     assert (models / weights).read_bytes() == b"the shipped weights"
 
 
@@ -240,7 +254,12 @@ def test_weights_guard_allows_resume_replace_and_new_folders(tmp_path):
     check_weights_replaceable(str(tmp_path), ["model.pt"])  # finetune_head reads meta_model.pt, writes model.pt
     check_weights_replaceable(str(tmp_path / "new"), ["meta_model.pt", "model.pt"])
     check_weights_replaceable(str(tmp_path), ["meta_model.pt"], replace="true")
-    check_weights_replaceable(str(tmp_path), ["meta_model.pt"], resume=True)
+    with pytest.raises(FileExistsError, match="--resume true found no checkpoint of an interrupted run"):
+        check_weights_replaceable(str(tmp_path), ["meta_model.pt"], resume=True, checkpoints=["checkpoint_meta.pt"])
+    (tmp_path / "checkpoint_meta.pt").write_bytes(b"x")  # resuming the run that wrote the weights
+    check_weights_replaceable(str(tmp_path), ["meta_model.pt"], resume=True, checkpoints=["checkpoint_meta.pt"])
+    with pytest.raises(FileExistsError, match="meta_model.pt"):  # without --resume the checkpoint counts for nothing
+        check_weights_replaceable(str(tmp_path), ["meta_model.pt"], checkpoints=["checkpoint_meta.pt"])
     with pytest.raises(FileExistsError, match="meta_model.pt"):
         check_weights_replaceable(str(tmp_path), ["meta_model.pt", "model.pt"], replace="false")
     with pytest.raises(ValueError, match="--replace_weights must be true or false"):
