@@ -151,8 +151,8 @@ def test_2d_and_3d_switch_by_config_file_refuses_the_wrong_input(trained_3d, tin
             ["trained with spatial_dims=3", "has spatial_dims=2"],
         ),
     )
-    for config, image, args, phrases in cases:
-        out = tmp_path / "wrong"
+    for i, (config, image, args, phrases) in enumerate(cases):
+        out = tmp_path / f"wrong{i}"  # a refused run writes failures.csv, which a re-run into its folder refuses
         proc = run_bundle(
             "run",
             "inference",
