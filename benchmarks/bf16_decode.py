@@ -41,7 +41,7 @@ def main() -> None:
     for name, mode in MODES.items():
         inferers[name].head_bf16 = mode
     fits = [inferers["fp32"].fit(images[i : i + 1], net) for i in range(len(images))]
-    seconds = {name: 0.0 for name in MODES}
+    seconds = dict.fromkeys(MODES, 0.0)
     logits = {name: [] for name in MODES}
     recons = {name: [] for name in MODES}
     for fit in fits:

@@ -129,7 +129,7 @@ def main() -> None:
     print("|---" * (2 * len(TISSUES) + 1) + "|")
     for label, normalize in maps.items():
         cells = []
-        for tissue, value in TISSUES.items():
+        for value in TISSUES.values():
             per_perturbation: dict[str, list[float]] = {}
             for i, (img, seg) in enumerate(subjects):
                 mask = torch.as_tensor(seg == value)

@@ -285,7 +285,7 @@ def measure_bias_field(args: argparse.Namespace, sets: dict[str, Any], model: st
     """Brain 75th percentile of the first raw image, and max/min of the bias row's field over its brain."""
     with tempfile.TemporaryDirectory(prefix="robustness-") as output_dir:
         parser = build_parser(model, args, sets, output_dir)
-        transforms = dict((name, t) for name, t, _ in ROWS)[BIAS_ROW]
+        transforms = {name: t for name, t, _ in ROWS}[BIAS_ROW]
         data_id = MODELS[args.spatial_dims][model]["data"]
         perturb(parser, data_id, transforms, None, 1)
         seed = int(parser.get_parsed_content("seed"))

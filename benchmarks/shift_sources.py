@@ -40,13 +40,7 @@ import numpy as np
 import torch
 from monai.bundle import ConfigParser
 
-from benchmarks.intensity_reference import (
-    REPO_ROOT,
-    VAL_FIRST_INDEX,
-    above_cut,
-    bias_label,
-    measure_contrast_landmark,
-)
+from benchmarks.intensity_reference import REPO_ROOT, VAL_FIRST_INDEX, above_cut, bias_label, measure_contrast_landmark
 from benchmarks.robustness import (
     MODELS,
     eval_namespace,

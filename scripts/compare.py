@@ -275,7 +275,7 @@ class ModelComparison:
                 "dataset_dir": self._show_path(str(self.overrides.get("dataset_dir", "?"))),
                 "split": str(self.overrides.get("split", "test")),
             },
-            "feature_channels": int(getattr(metaseg, "trunk")[-1].out_features),
+            "feature_channels": int(metaseg.trunk[-1].out_features),
             "system": system_info(device),
         }
         write_json_atomic(result, os.path.join(self.output_dir, "comparison.json"))

@@ -61,14 +61,15 @@ class FitDivergedError(ValueError):
     ``DIVERGENCE_FACTOR``-fold: ``causes`` maps an image's index in the batch to what happened."""
 
     def __init__(self, causes: dict[int, str], names: Sequence[str] | None = None) -> None:
-        self.causes = dict(causes)
-        names = list(names) if names is not None else []
-        lines = [
-            f"{names[i] if i < len(names) else f'image {i} of the batch'}: the test-time fit failed: {cause}; no label "
-            "is written for it."
+        super().__init__(dict(causes), list(names) if names is not None else [])  # all args: it pickles
+        self.causes, self.names = self.args
+
+    def __str__(self) -> str:
+        return "\n".join(
+            f"{self.names[i] if i < len(self.names) else f'image {i} of the batch'}: the test-time fit failed: "
+            f"{cause}; no label is written for it."
             for i, cause in sorted(self.causes.items())
-        ]
-        super().__init__("\n".join(lines))
+        )
 
 
 def _file_names(inputs: torch.Tensor) -> list[str]:

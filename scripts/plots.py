@@ -17,16 +17,7 @@ import torch
 
 from .outputs import atomic_path
 
-__all__ = [
-    "label_palette",
-    "grey_rgb",
-    "overlay_rgb",
-    "pca_rgb",
-    "image_grid",
-    "line_plot",
-    "hconcat",
-    "save_png",
-]
+__all__ = ["label_palette", "grey_rgb", "overlay_rgb", "pca_rgb", "image_grid", "line_plot", "hconcat", "save_png"]
 
 # background, cortex, subcortical grey matter, white matter, CSF
 _TISSUE_COLOURS = [(0, 0, 0), (230, 60, 50), (250, 200, 40), (70, 130, 240), (60, 210, 120)]

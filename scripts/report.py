@@ -29,11 +29,7 @@ def _legend(class_names: Sequence[str], num_classes: int) -> list[tuple[str, Any
 
 
 def overlay_figure(
-    cases: Sequence[dict],
-    num_classes: int,
-    baseline_name: str,
-    class_names: Sequence[str] = (),
-    transpose: bool = True,
+    cases: Sequence[dict], num_classes: int, baseline_name: str, class_names: Sequence[str] = (), transpose: bool = True
 ) -> Any:
     """One row per case: the image, then ground truth, MetaSeg and baseline labels over it.
 

@@ -117,7 +117,7 @@ class ScaledInvertd(Invertd):
         if self.scale == 1:
             return super().__call__(data)
         d = dict(data)
-        keys = [k for k in self.key_iterator(d)]
+        keys = list(self.key_iterator(d))
         for key in keys:
             # a MetaTensor, so that Invertd takes the applied transforms (and metadata) from ``orig_keys``
             d[key] = MetaTensor(fold_scale(d[key], self.scale))

@@ -86,10 +86,14 @@ def test_unreadable_checkpoints_name_the_file(tmp_path):
 
 def test_rng_state_round_trip_through_a_weights_only_file(tmp_path):
     state = RNGState()
-    random.seed(1), np.random.seed(2), torch.manual_seed(3)
+    random.seed(1)
+    np.random.seed(2)
+    torch.manual_seed(3)
     path = _save(tmp_path / "rng.pt", state.state_dict())
     first = (random.random(), np.random.rand(), torch.rand(3))
-    random.seed(9), np.random.seed(9), torch.manual_seed(9)
+    random.seed(9)
+    np.random.seed(9)
+    torch.manual_seed(9)
     state.load_state_dict(torch.load(path, weights_only=True))
     again = (random.random(), np.random.rand(), torch.rand(3))
     assert first[:2] == again[:2] and torch.equal(first[2], again[2])

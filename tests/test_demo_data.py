@@ -143,7 +143,8 @@ def test_worker_processes_write_the_same_bytes_and_report_progress(tmp_path, cap
     """Subjects made in 2 worker processes are the serial ones, byte for byte; progress goes to the log."""
     params = dataset._manifest_params(2, 1, 0, 1, seed=0, spatial_dims=2)
     serial, parallel = tmp_path / "serial", tmp_path / "parallel"
-    serial.mkdir(), parallel.mkdir()
+    serial.mkdir()
+    parallel.mkdir()
     files = dataset._write_dataset(serial, params, num_workers=1)
     monkeypatch.setattr(dataset, "has_tqdm", False)  # the log lines, not a tqdm bar
     with caplog.at_level(logging.INFO, logger=dataset.__name__):

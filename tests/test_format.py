@@ -1,4 +1,5 @@
-"""Code format: black and isort (line length 120, pyproject.toml) and flake8 (.flake8) over the Python sources."""
+"""Code format with the Model Zoo's settings over the Python sources: black (line length 120, skip magic trailing
+commas; pyproject.toml), isort, and flake8 with the bugbear, comprehensions and naming plugins (.flake8)."""
 
 from __future__ import annotations
 

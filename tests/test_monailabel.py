@@ -168,7 +168,9 @@ def server(tmp_path_factory, tiny_dataset):
                 break
             except (urllib.error.URLError, ConnectionError, TimeoutError):
                 if time.monotonic() > deadline:
-                    raise AssertionError(f"MONAI Label not up after {START_TIMEOUT_S} s:\n{log.read_text()[-6000:]}")
+                    raise AssertionError(
+                        f"MONAI Label not up after {START_TIMEOUT_S} s:\n{log.read_text()[-6000:]}"
+                    ) from None
                 time.sleep(2)
         yield Server(base, port, proc.pid, log, workdir, dataset_dir, tree, contents)
     finally:

