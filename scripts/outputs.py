@@ -6,6 +6,7 @@ Every file the bundle writes goes to a temporary name in the destination folder 
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
@@ -34,6 +35,8 @@ __all__ = [
     "remove_stale_temp_files",
     "OverwriteGuard",
 ]
+
+logger = logging.getLogger(__name__)
 
 # the bundle's hidden temporary files and folders: ".metaseg-tmp<pid>.<final name>.<random><suffix>", a name no
 # other program uses, so that a later run can tell a dead writer's leftovers from anything else in the folder
@@ -274,8 +277,13 @@ class AtomicNiftiWriter(NibabelWriter):
     def write(self, filename: Any, verbose: bool = False, **obj_kwargs: Any) -> None:
         filename = str(filename)
         suffix = ".nii.gz" if filename.endswith(".nii.gz") else os.path.splitext(filename)[1]
-        with atomic_path(filename, suffix=suffix) as tmp:
-            super().write(tmp, verbose=verbose, **obj_kwargs)
+        try:
+            with atomic_path(filename, suffix=suffix) as tmp:
+                super().write(tmp, verbose=verbose, **obj_kwargs)
+        except OSError as e:
+            # MONAI's SaveImage reports any writer failure as "cannot find a suitable writer": say what it was first
+            logger.error(f"cannot write {filename}: {e.strerror or e} ({type(e).__name__}); nothing was written there.")
+            raise
 
 
 class AtomicMetricsSaver(MetricsSaver):

@@ -134,7 +134,7 @@ def test_failed_summary_json_write_leaves_no_file(tmp_path, monkeypatch):
     assert _files(tmp_path) == []
 
 
-def test_failed_nifti_write_leaves_no_file(tmp_path, monkeypatch):
+def test_failed_nifti_write_leaves_no_file(tmp_path, monkeypatch, caplog):
     import nibabel as nib
 
     real = nib.save
@@ -145,6 +145,8 @@ def test_failed_nifti_write_leaves_no_file(tmp_path, monkeypatch):
     with pytest.raises(DiskFull):
         writer.write(str(tmp_path / "seg.nii.gz"))
     assert _files(tmp_path) == []
+    # the real cause is logged first, naming the file (MONAI's SaveImage then says "cannot find a suitable writer")
+    assert f"cannot write {tmp_path / 'seg.nii.gz'}: no space left on device (injected)" in caplog.text
 
 
 def _truncate(path: str) -> None:
