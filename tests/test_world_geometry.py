@@ -38,20 +38,20 @@ def _flip(axis: int, n: int) -> np.ndarray:
 
 
 def _resize(arr: np.ndarray, factor: float, order: int) -> np.ndarray:
-    """``arr`` (H, W) resampled by ``factor`` over the same field of view (pixel edges kept)."""
+    """``arr`` (2D or 3D) resampled by ``factor`` over the same field of view (pixel edges kept)."""
     x = torch.as_tensor(np.ascontiguousarray(arr), dtype=torch.float32)[None, None]
     size = [int(round(n * factor)) for n in arr.shape]
-    mode = "bilinear" if order else "nearest-exact"
+    mode = ("bilinear" if arr.ndim == 2 else "trilinear") if order else "nearest-exact"
     kwargs = {"align_corners": False} if order else {}
     if order and factor < 1:
         mode, kwargs = "area", {}
     return torch.nn.functional.interpolate(x, size=size, mode=mode, **kwargs)[0, 0].numpy()
 
 
-def _grid(affine: np.ndarray, factor: float) -> np.ndarray:
-    """The affine of the same field of view with pixels ``1 / factor`` as large in-plane."""
+def _grid(affine: np.ndarray, factor: float, axes: int = 2) -> np.ndarray:
+    """The affine of the same field of view with pixels ``1 / factor`` as large along the first ``axes`` axes."""
     t = np.eye(4)
-    for a in range(2):
+    for a in range(axes):
         t[a, a] = 1.0 / factor
         t[a, 3] = (1.0 / factor - 1.0) / 2.0
     return affine @ t
@@ -93,12 +93,12 @@ def _as_3d(img: nib.Nifti1Image) -> nib.Nifti1Image:
     return nib.Nifti1Image(data.reshape(data.shape + (1,) * (3 - data.ndim)), img.affine)
 
 
-def _segment(files: list[Path], out: Path, *args: str) -> None:
+def _segment(files: list[Path], out: Path, config: str = "configs/inference.json", args: tuple[str, ...] = ()) -> None:
     run_bundle(
         "run",
         "inference",
         "--config_file",
-        "configs/inference.json",
+        config,
         "--datalist",
         json.dumps([str(f) for f in files]),
         "--output_dir",
@@ -152,26 +152,45 @@ def test_labels_lie_on_reoriented_and_resampled_slices(tmp_path):
     np.testing.assert_array_equal(np.asarray(lia.dataobj)[..., 0], np.asarray(canonical.dataobj)[..., 0])
 
 
-def test_labels_lie_on_a_reoriented_volume(tmp_path):
-    img, _ = generate_subject(0, SUBJECT, 3)
-    lia = nib.Nifti1Image(img, AFFINE_3D)
-    ras = nib.as_closest_canonical(lia)  # the same voxels, stored right-anterior-superior
-    assert nib.aff2axcodes(ras.affine) == ("R", "A", "S")
-    files = []
-    for name, nifti in (("lia", lia), ("ras", ras)):
-        (tmp_path / name).mkdir()
-        nib.save(nifti, str(tmp_path / name / "vol.nii.gz"))
-        files.append(tmp_path / name / "vol.nii.gz")
+def test_labels_lie_on_reoriented_and_resampled_volumes(tmp_path):
+    """A demo volume stored LIA (as trained), RAS, with axes 0 and 2 swapped, and at 1.5 mm voxels."""
+    img, seg = generate_subject(0, SUBJECT, 3)
+    swap = np.eye(4)[[2, 1, 0, 3]]
+    f = 1.0 / 1.5
+    ras = [nib.as_closest_canonical(nib.Nifti1Image(a, AFFINE_3D)) for a in (img, seg)]  # the same voxels, RAS
+    cases = {
+        "LIA": (img, seg, AFFINE_3D),
+        "RAS": (np.asarray(ras[0].dataobj), np.asarray(ras[1].dataobj), ras[0].affine),
+        "transposed": (img.transpose(2, 1, 0), seg.transpose(2, 1, 0), AFFINE_3D @ swap),
+        "1.5 mm voxels": (_resize(img, f, 1), _resize(seg, f, 0), _grid(AFFINE_3D, f, axes=3)),
+    }
+    assert nib.aff2axcodes(cases["RAS"][2]) == ("R", "A", "S") and nib.aff2axcodes(cases["transposed"][2])[0] == "A"
+    files = {}
+    for case, (arr, _, affine) in cases.items():
+        folder = tmp_path / case.replace(" ", "_").replace(".", "")
+        folder.mkdir()
+        files[case] = folder / "vol.nii.gz"
+        nib.save(nib.Nifti1Image(np.ascontiguousarray(arr, np.float32), affine), str(files[case]))
     out = tmp_path / "out"
-    _segment(files, out, "--config_file", "['configs/inference.json','configs/3d.json']", "--fit_steps", "20")
-    labels = [nib.load(str(out / name / "vol_seg.nii.gz")) for name in ("lia", "ras")]
-    for f, label in zip(files, labels):
-        assert label.shape == nib.load(str(f)).shape
-        np.testing.assert_allclose(label.affine, nib.load(str(f)).affine, atol=1e-4)
-    moved = np.asarray(resample_from_to(labels[0], labels[1], order=0).dataobj)
-    pred = np.asarray(labels[1].dataobj)
-    brain = (pred > 0) | (moved > 0)
-    assert np.mean(pred[brain] == moved[brain]) > 0.97
+    _segment(
+        list(files.values()), out, config="['configs/inference.json','configs/3d.json']", args=("--fit_steps", "20")
+    )
+    labels = {}
+    for case, path in files.items():
+        label, image = nib.load(str(out / path.parent.name / "vol_seg.nii.gz")), nib.load(str(path))
+        assert label.shape == image.shape, case
+        np.testing.assert_allclose(label.affine, image.affine, atol=1e-4, err_msg=case)
+        labels[case] = label
+    reference_dice = _dice(np.asarray(labels["LIA"].dataobj), seg)
+    assert reference_dice > 0.6, reference_dice
+    for case, label in labels.items():
+        pred = np.asarray(label.dataobj)
+        dice = _dice(pred, np.ascontiguousarray(cases[case][1]))
+        moved = np.asarray(resample_from_to(labels["LIA"], label, order=0).dataobj)
+        brain = (pred > 0) | (moved > 0)
+        agreement = float(np.mean(pred[brain] == moved[brain]))
+        print(f"{case}: Dice {dice:.3f} (LIA {reference_dice:.3f}), world-space agreement {agreement:.3f}")
+        assert dice > reference_dice - 0.02 and agreement > (0.9 if "mm" in case else 0.97), (case, dice, agreement)
 
 
 def test_demo_slices_read_by_simpleitk_as_neurite_oasis_files(tiny_dataset):
