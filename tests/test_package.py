@@ -27,8 +27,8 @@ from tests.utils import REPO_ROOT
 from tools.package_bundle import BUNDLE_NAME
 
 PACKAGE_COMMAND = "python tools/package_bundle.py --output_dir dist"
-# import names of the packages requirements.txt pins for training, the demo-data template and the pictures only
-TRAINING_ONLY_IMPORTS = {"tensorboard", "nilearn", "PIL"}
+# import names of the packages requirements.txt pins for training logs and the pictures only
+TRAINING_ONLY_IMPORTS = {"tensorboard", "PIL"}
 # folders and files of the source repository that the zip leaves out and that its docs may name (with a note saying so)
 SOURCE_ONLY = ("benchmarks/", "tests/", "tools/", ".ci/", "requirements-dev.txt", "requirements-monailabel.txt")
 # paths the docs name: bundle-relative files and folders, and relative markdown links

@@ -57,10 +57,11 @@ def test_metadata_versions_are_the_pinned_requirements():
     assert metadata["pytorch_version"] == pins["torch"]
     assert metadata["numpy_version"] == pins["numpy"]
     required = metadata["required_packages_version"]
-    # training logs, demo-data template, PNG pictures: pinned in requirements.txt, not needed to segment or evaluate
-    # one's own images (the unpacked-zip test in test_package.py runs both with these three unimportable)
-    training_only = {"tensorboard", "nilearn", "pillow"}
-    assert required == {k: v for k, v in pins.items() if k not in {"monai", "torch", "numpy", *training_only}}
+    # training logs and PNG pictures: pinned in requirements.txt, not needed to segment or evaluate (the unpacked-zip
+    # test in test_package.py runs both with these unimportable); jsonschema and PyYAML serve the zoo's verify and
+    # download commands. nilearn is required: the default workflows read the demo data, made from its template
+    not_required = {"tensorboard", "pillow", "jsonschema", "pyyaml"}
+    assert required == {k: v for k, v in pins.items() if k not in {"monai", "torch", "numpy", *not_required}}
     # MONAI 1.6 reads optional_packages_version as a deprecated name of required_packages_version and replaces the
     # latter with it (ReferenceResolver, DEPRECATED_ID_MAPPING): a metadata file with both would lose its requirements
     assert "optional_packages_version" not in metadata
