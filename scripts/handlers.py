@@ -1,4 +1,5 @@
-"""Handlers: evaluation summary (per-class Dice, PSNR, time per image), inference timing, training wall time."""
+"""Handlers: evaluation summary (per-class Dice, PSNR, time per image), inference timing and progress, training wall
+time."""
 
 from __future__ import annotations
 
@@ -18,7 +19,14 @@ from monai.engines.utils import IterationEvents
 from .evaluator import FIT_TIME_KEY
 from .outputs import atomic_path
 
-__all__ = ["MetricsSummaryHandler", "InferenceTimer", "TrainingTimeRecorder", "INFER_TIME_KEY", "write_json_atomic"]
+__all__ = [
+    "MetricsSummaryHandler",
+    "InferenceTimer",
+    "ProgressLogger",
+    "TrainingTimeRecorder",
+    "INFER_TIME_KEY",
+    "write_json_atomic",
+]
 
 INFER_TIME_KEY = "infer_time"
 
@@ -126,6 +134,44 @@ class MetricsSummaryHandler:
             lines.append(f"  {steps}seconds per image: {summary['seconds_per_image']:.3f}")
         self.logger.info("\n".join(lines))
         write_json_atomic(summary, os.path.join(self.output_dir, self.filename))
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 60} min {seconds % 60} s" if seconds >= 60 else f"{seconds} s"
+
+
+class ProgressLogger:
+    """Say how far an inference or evaluation run is: ``<done>/<total> images, <elapsed> elapsed, ~<left> left``
+    through the engine's logger, at most every ``interval`` seconds (nothing for a run shorter than that) and once
+    when the epoch ends. One iteration is one ``unit`` (the configs' data loaders hold one image per batch)."""
+
+    def __init__(self, interval: float = 10.0, unit: str = "images") -> None:
+        self.interval = float(interval)
+        self.unit = unit
+        self.clock = time.monotonic
+        self._start = self._last = 0.0
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self._started)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._step)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._step, True)
+
+    def _started(self, engine: Engine) -> None:
+        self._start = self._last = self.clock()
+
+    def _step(self, engine: Engine, final: bool = False) -> None:
+        now = self.clock()
+        if now - self._last < self.interval and not (final and now - self._start >= self.interval):
+            return
+        self._last = now
+        total = int(engine.state.epoch_length or 0)
+        done = (int(engine.state.iteration) - 1) % max(total, 1) + 1
+        elapsed = now - self._start
+        message = f"{done}/{total} {self.unit}, {_duration(elapsed)} elapsed"
+        if done < total:
+            message += f", ~{_duration(elapsed / done * (total - done))} left"
+        engine.logger.info(message)
 
 
 class InferenceTimer:
