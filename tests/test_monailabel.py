@@ -471,6 +471,33 @@ def test_an_image_the_bundle_refuses_is_a_422_naming_the_reason(server):
     assert server.call("DELETE", "/datastore/image?id=flat")[:2] == (200, "{}")
 
 
+@requires_monailabel
+def test_batch_inference_with_default_parameters_runs_on_a_cpu(server):
+    """``POST /batch/infer/<model>`` without device parameters (a ZeroDivisionError on a CPU machine before): the
+    label of the image it segments is stored in the datastore, on the image's grid."""
+    body = json.dumps({"max_batch_size": 1}).encode()  # one image; no device, multi_gpu or gpus given
+    status, text, _ = server.call(
+        "POST",
+        f"/batch/infer/{BUNDLE_NAME}?images=all&run_sync=true",
+        body=body,
+        headers={"Content-Type": "application/json"},
+    )
+    result = json.loads(text)
+    assert status == 200 and list(result) == [STUDY] and result[STUDY]["tag"] == "original", text
+    files = {}
+    for kind, path in (
+        ("label", f"/datastore/label?label={STUDY}&tag=original"),
+        ("image", f"/datastore/image?image={STUDY}"),
+    ):
+        status, body, _ = _call("GET", server.base + path)
+        assert status == 200, body[:500]
+        files[kind] = nib.Nifti1Image.from_bytes(gzip.decompress(body) if body[:2] == b"\x1f\x8b" else body)
+    label, image = files["label"], files["image"]
+    assert label.shape == image.shape and np.allclose(label.affine, image.affine)
+    assert set(np.unique(np.asarray(label.dataobj)).tolist()) <= {0, *CLASSES}
+    assert server.call("DELETE", f"/datastore/label?id={STUDY}&tag=original")[0] == 200
+
+
 def _in_world(label: nib.Nifti1Image, image: nib.Nifti1Image) -> np.ndarray:
     """The label resampled (nearest) onto the image's grid in world coordinates, in the image's shape.
 

@@ -30,6 +30,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import nibabel as nib
 import numpy as np
+import torch
 from fastapi import HTTPException, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
@@ -45,6 +46,7 @@ from monailabel.interfaces.exception import (
     MONAILabelError,
     MONAILabelException,
 )
+from monailabel.interfaces.tasks.batch_infer import BatchInferTask
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
 Scope = MutableMapping[str, Any]
@@ -164,6 +166,15 @@ class GuardedDatastore(LocalDatastore):
 
 _infer = MONAILabelApp.infer
 _writer = BasicInferTask.writer
+_batch_infer = BatchInferTask.__call__
+
+
+def batch_infer_on_this_machine(self: BatchInferTask, request: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+    """MONAI Label's batch inference; on a machine without CUDA its GPU defaults (``device`` ``cuda``, ``multi_gpu``
+    over every GPU) become the CPU, which they divided by zero GPUs on (``ZeroDivisionError`` for ``{}``)."""
+    if not torch.cuda.is_available():
+        request = {**request, "device": "cpu", "multi_gpu": False}
+    return _batch_infer(self, request, *args, **kwargs)
 
 
 def infer_datastore_images_only(self: MONAILabelApp, request: dict[str, Any], datastore: Any = None) -> Any:
@@ -193,7 +204,8 @@ def infer_datastore_images_only(self: MONAILabelApp, request: dict[str, Any], da
             raise
         raise HTTPException(status_code=422, detail=f"cannot segment image '{image_id}': {reason}") from e
     if request.get("save_label") and result.get("file"):
-        tag = str(request.get("label_tag") or DefaultLabelTag.ORIGINAL.value)
+        tag = request.get("label_tag") or DefaultLabelTag.ORIGINAL
+        tag = check_id(str(getattr(tag, "value", tag)), "label_tag")  # batch inference passes the enum itself
         info = {"model": request.get("model"), "params": result.get("params")}
         result["label"] = datastore.save_label(image_id, result["file"], tag, info)
     return result
@@ -330,6 +342,7 @@ def _answer(status: int) -> Callable[[Request, Exception], Awaitable[JSONRespons
 app_module.LocalDatastore = GuardedDatastore  # what MONAILabelApp.init_datastore instantiates
 MONAILabelApp.infer = infer_datastore_images_only
 BasicInferTask.writer = write_on_input_grid
+BatchInferTask.__call__ = batch_infer_on_this_machine
 for middleware in app.user_middleware:
     if middleware.cls is CORSMiddleware:
         middleware.kwargs["allow_origins"] = allowed_origins()
