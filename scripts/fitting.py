@@ -64,9 +64,12 @@ def grid_neighbour_index(
 
 
 def gather_neighbours(features: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """Features ``[B, n, K * C]`` of the neighbours ``index`` ``[n, K]`` (:func:`grid_neighbour_index` rows) of
-    ``n`` grid points, from per-point features ``[B, N, C]``."""
-    return features[:, index.flatten()].reshape(features.shape[0], index.shape[0], -1)
+    """Features ``[B, n, K * C]`` of the neighbours ``index`` (:func:`grid_neighbour_index` rows: ``[n, K]`` shared
+    by the batch, or ``[B, n, K]`` per sample) of ``n`` grid points, from per-point features ``[B, N, C]``."""
+    if index.dim() == 2:
+        return features[:, index.flatten()].reshape(features.shape[0], index.shape[0], -1)
+    picked = torch.gather(features, 1, index.flatten(1).unsqueeze(-1).expand(-1, -1, features.shape[-1]))
+    return picked.reshape(*index.shape[:2], -1)
 
 
 def sample_points(

@@ -9,7 +9,14 @@ import torch
 from ignite.engine import Events
 from monai.utils import convert_to_tensor, ensure_tuple_rep
 
-from .fitting import batch_coordinate_grid, flatten_image, gather_points, grid_neighbour_index, sample_points
+from .fitting import (
+    batch_coordinate_grid,
+    flatten_image,
+    gather_neighbours,
+    gather_points,
+    grid_neighbour_index,
+    sample_points,
+)
 from .inferer import FitResult, MetaSegInferer
 from .network import TRUNK_PREFIXES, MetaSegINR
 from .trainer import PointLossTrainer
@@ -185,9 +192,7 @@ class HeadFineTuneTrainer(PointLossTrainer):
             return net.head_input(gather_points(fit.coords, index), fit.params)
         features = self._grid_features(fit, net, names)
         rows = grid_neighbour_index(fit.spatial_shape, net.context_pixels.to(features.device), index)  # [(B,) n, K]
-        rows = rows.expand(features.shape[0], -1, -1) if index is None else rows
-        picked = torch.gather(features, 1, rows.flatten(1).unsqueeze(-1).expand(-1, -1, features.shape[-1]))
-        return picked.reshape(*rows.shape[:2], -1)
+        return gather_neighbours(features, rows)
 
     def compute_loss(
         self, inputs: torch.Tensor, targets: torch.Tensor, net: MetaSegINR
