@@ -24,12 +24,14 @@ CONTENTS = [
     ("configs", "*.conf"),
     ("docs", "*"),
     ("scripts", "**/*.py"),
+    ("scripts", "**/*.npz"),  # the demo data's vendored label maps (scripts/demo_data/label_maps.py reads them)
     ("models", "**/*_train_time.json"),  # every model folder's (default, fast, paper, 3d)
 ]
 TOP_LEVEL_FILES = ["LICENSE", "large_files.yml", "requirements.txt"]
 LARGE_FILES = "large_files.yml"
-# weights are stored as they are: deflate saves under 10% on them and costs seconds per build
-STORED_SUFFIXES = (".pt",)
+# weights are stored as they are: deflate saves under 10% on them and costs seconds per build; the label maps are
+# LZMA-compressed already
+STORED_SUFFIXES = (".pt", ".npz")
 
 __all__ = ["BUNDLE_NAME", "bundle_files", "large_file_paths", "package_bundle"]
 
